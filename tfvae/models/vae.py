@@ -1,0 +1,475 @@
+"""`tfvae.VAE`: an encoder and a decoder joined in a `keras.Model` that trains on the ELBO."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfvae.distributions import get_likelihood, get_prior
+from tfvae.models.decoder import build_conv_decoder
+from tfvae.models.encoder import build_conv_encoder
+from tfvae.models.validation import check_latent_dim
+from tfvae.objectives import elbo_terms, posterior_distribution, reparameterized_sample
+
+METRIC_NAMES = ("loss", "elbo", "reconstruction", "kl")
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"Expected beta to be a number >= 0. Received: beta={beta!r}")
+    return float(beta)
+
+
+def _shape_tuple(shape) -> tuple:
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class VAE(keras.Model):
+    """A variational autoencoder (Kingma & Welling, 2014) trained with `fit`.
+
+    The encoder gives the parameters of a diagonal Gaussian posterior q(z|x); a reparameterized
+    sample z = loc + scale * eps is decoded into the parameters of p(x|z). Training maximizes the
+    per-example objective E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), summed over pixels and
+    latent dimensions and averaged over the global batch; `beta=1` is the ELBO itself.
+
+    `fit` and `evaluate` report `loss` (-mean objective, plus any weight regularization),
+    `elbo` (the bound with beta = 1, comparable across beta), `reconstruction` (-log p(x|z)) and
+    `kl`. The model is built when constructed, so it can be saved, exported and tuned at once.
+
+    Args:
+        encoder: keras.Model (or Layer). Maps images `[B, H, W, C]` to `[loc, raw_scale]` (two
+            `[B, D]` tensors) or to one `[B, 2D]` tensor holding both. Its input shape must be
+            known (a functional model, or one built on `(None, H, W, C)`).
+        decoder: keras.Model (or Layer). Maps z `[B, D]` to likelihood parameters `[B, H, W, C]`.
+        likelihood: str or `tfvae.distributions.Likelihood`. `"bernoulli"` (logits; data in
+            [0, 1]) or `"gaussian"` (mean from the decoder, learned per-channel scale).
+        prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
+        beta: float >= 0. Weight of the KL term in training (kept in a variable, so callbacks
+            can anneal it during `fit`).
+        seed: int or None. Seed of the model's `keras.random.SeedGenerator` (the posterior
+            noise). None draws one from Keras's global seed (`keras.utils.set_random_seed`).
+        **kwargs: passed to `keras.Model` (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: images `[B, H, W, C]`.
+        training: bool. Passed to the encoder and decoder.
+
+    Returns (of `call`):
+        The mean of p(x|z) at the posterior mean, `[B, H, W, C]`: a deterministic reconstruction,
+        so `predict` works.
+
+    Raises:
+        ValueError: parts whose shapes do not fit together, an unknown likelihood or prior, a
+            negative beta; and, from `fit`/`evaluate`, data of the wrong shape, dtype or range.
+
+    Example:
+
+    >>> import numpy as np, tfvae
+    >>> vae = tfvae.build_conv_vae((28, 28, 1), latent_dim=8)
+    >>> vae.compile(optimizer="adam")
+    >>> history = vae.fit(np.random.rand(64, 28, 28, 1).astype("float32"), epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['elbo', 'kl', 'loss', 'reconstruction']
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        likelihood="bernoulli",
+        prior="standard_normal",
+        beta: float = 1.0,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # === Parts ===
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = get_likelihood(likelihood)
+        self.prior = get_prior(prior)
+        self.image_shape, self.latent_dim = self._check_parts(encoder, decoder)
+        self._initial_beta = _check_beta(beta)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="posterior_noise")
+        self.beta_variable = self.add_weight(
+            name="beta",
+            shape=(),
+            initializer=keras.initializers.Constant(self._initial_beta),
+            trainable=False,
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.elbo_tracker = keras.metrics.Mean(name="elbo")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+        # === Build now, so that saving, export and keras-tuner see a built model ===
+        self.likelihood.build((None, *self.image_shape))
+        self.prior.build((self.latent_dim,))
+        self.build((None, *self.image_shape))
+
+    def build(self, input_shape):
+        # The encoder and decoder are built by construction; the likelihood and prior were built
+        # in __init__. Nothing else owns weights.
+        del input_shape
+
+    # ------------------------------------------------------------------ checks of the parts
+    def _check_parts(self, encoder, decoder) -> tuple[tuple[int, ...], int]:
+        for part, name in ((encoder, "encoder"), (decoder, "decoder")):
+            if not isinstance(part, keras.layers.Layer):
+                raise ValueError(
+                    f"Expected the {name} to be a keras.Model or keras.layers.Layer. "
+                    f"Received: {name}={part!r}"
+                )
+        try:
+            encoder_input = _shape_tuple(encoder.input_shape)
+        except (AttributeError, ValueError):
+            raise ValueError(
+                "Expected an encoder with a known input shape (a functional model, or a model "
+                "built on (None, H, W, C)). Received an encoder without one."
+            ) from None
+        if len(encoder_input) < 2 or any(d is None for d in encoder_input[1:]):
+            raise ValueError(
+                "Expected the encoder's input shape to be (None, H, W, C) with known H, W, C. "
+                f"Received: {encoder_input}"
+            )
+        image_shape = encoder_input[1:]
+        encoder_spec = encoder.compute_output_spec(keras.KerasTensor((None, *image_shape)))
+        if isinstance(encoder_spec, (list, tuple)) and len(encoder_spec) == 2:
+            loc_shape, scale_shape = (_shape_tuple(s.shape) for s in encoder_spec)
+            if loc_shape != scale_shape or len(loc_shape) != 2:
+                raise ValueError(
+                    "Expected the encoder's two outputs (loc, raw_scale) to have the same shape "
+                    f"(batch, latent_dim). Received: {loc_shape} and {scale_shape}"
+                )
+            latent_dim = loc_shape[1]
+        elif isinstance(encoder_spec, keras.KerasTensor) and len(encoder_spec.shape) == 2:
+            width = encoder_spec.shape[1]
+            if width is None or width % 2:
+                raise ValueError(
+                    "Expected a single encoder output of shape (batch, 2 * latent_dim) holding loc "
+                    f"and raw_scale. Received: {_shape_tuple(encoder_spec.shape)}"
+                )
+            latent_dim = width // 2
+        else:
+            raise ValueError(
+                "Expected the encoder to output [loc, raw_scale], two tensors of shape "
+                "(batch, latent_dim), or one tensor of shape (batch, 2 * latent_dim). "
+                f"Received: {encoder_spec}"
+            )
+        check_latent_dim(latent_dim)
+        decoder_spec = decoder.compute_output_spec(keras.KerasTensor((None, latent_dim)))
+        if not isinstance(decoder_spec, keras.KerasTensor):
+            raise ValueError(
+                "Expected the decoder to output one tensor of likelihood parameters. "
+                f"Received: {decoder_spec}"
+            )
+        decoder_output = _shape_tuple(decoder_spec.shape)
+        if decoder_output[1:] != image_shape:
+            raise ValueError(
+                f"Expected the decoder to map z of shape (None, {latent_dim}) to parameters of "
+                f"the encoder's input shape (None, {', '.join(map(str, image_shape))}). "
+                f"Received: decoder output shape {decoder_output}"
+            )
+        return image_shape, latent_dim
+
+    def check_data(self, data, argument: str = "x", check_range: bool = True) -> None:
+        """Raises ValueError unless `data` holds image batches this model can score.
+
+        Args:
+            data: a NumPy array, tensor, `tf.data.Dataset` (of images or `(images, ...)` tuples),
+                or a tuple whose first element is one of those. Other inputs (generators,
+                `keras.utils.PyDataset`) are passed through unchecked.
+            argument: the name shown in the message (`x`, `validation_data`).
+            check_range: also check the values against the likelihood's support. For a dataset
+                this reads its first element.
+
+        Raises:
+            ValueError: wrong rank or shape, not a float dtype, or values outside the support.
+        """
+        if isinstance(data, (list, tuple)) and data:
+            data = data[0]
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            if isinstance(spec, (list, tuple)):
+                spec = spec[0]
+            if isinstance(spec, dict):
+                raise ValueError(
+                    f"Expected {argument} to yield image batches of shape (batch, "
+                    f"{', '.join(map(str, self.image_shape))}). Received a dataset of dicts with "
+                    f"keys {sorted(spec)}: map it to the images first, e.g. "
+                    "dataset.map(lambda d: d['image'])."
+                )
+            self._check_shape_and_dtype(_shape_tuple(spec.shape), spec.dtype, argument)
+            if check_range:
+                first = next(iter(data.take(1)))
+                if isinstance(first, (list, tuple)):
+                    first = first[0]
+                self._check_range(first, argument)
+            return
+        if isinstance(data, (np.ndarray, tf.Tensor)):
+            self._check_shape_and_dtype(tuple(data.shape), tf.as_dtype(data.dtype), argument)
+            if check_range:
+                self._check_range(data, argument)
+
+    def _check_shape_and_dtype(self, shape, dtype, argument):
+        expected = (None, *self.image_shape)
+        compatible = len(shape) == len(expected) and all(
+            got is None or got == want for got, want in zip(shape[1:], expected[1:])
+        )
+        if not compatible:
+            raise ValueError(
+                f"Expected {argument} to hold images of shape (batch, "
+                f"{', '.join(map(str, self.image_shape))}) for this model. "
+                f"Received: shape {shape}"
+            )
+        if not tf.as_dtype(dtype).is_floating:
+            raise ValueError(
+                f"Expected {argument} to be a float array ({self.likelihood.support_description} "
+                f"for the {type(self.likelihood).__name__}). Received: dtype {tf.as_dtype(dtype).name}. "
+                "Convert it, e.g. x.astype('float32') / 255 for 8-bit images, or load it with "
+                "tfvae.data."
+            )
+
+    def _check_range(self, values, argument):
+        values = tf.convert_to_tensor(values)
+        x_min = float(tf.reduce_min(values))
+        x_max = float(tf.reduce_max(values))
+        if not (np.isfinite(x_min) and np.isfinite(x_max)):
+            raise ValueError(f"Expected finite values in {argument}. Received NaN or inf.")
+        try:
+            self.likelihood.check_data(x_min, x_max)
+        except ValueError as error:
+            raise ValueError(f"In {argument}: {error}") from None
+
+    # ------------------------------------------------------------------ the probabilistic model
+    @property
+    def beta(self) -> float:
+        """The current KL weight (a non-trainable variable, so callbacks can change it)."""
+        return float(keras.ops.convert_to_numpy(self.beta_variable))
+
+    @beta.setter
+    def beta(self, value: float):
+        self.beta_variable.assign(_check_beta(value))
+
+    def _posterior_parameters(self, images, training):
+        outputs = self.encoder(images, training=training)
+        if isinstance(outputs, (list, tuple)):
+            return outputs[0], outputs[1]
+        return tf.split(outputs, 2, axis=-1)
+
+    def encode(self, images, training: bool = False):
+        """Returns q(z|x): a `tfd.MultivariateNormalDiag`, batch `[B]`, event `[latent_dim]`."""
+        loc, raw_scale = self._posterior_parameters(images, training)
+        return posterior_distribution(loc, raw_scale)
+
+    def decode(self, z, training: bool = False):
+        """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
+        return self.likelihood.distribution(self.decoder(z, training=training))
+
+    def prior_distribution(self):
+        """Returns p(z), event shape `[latent_dim]`."""
+        return self.prior.distribution(self.latent_dim)
+
+    def draw_noise(self, shape):
+        """Standard normal noise for the reparameterization, from the model's SeedGenerator."""
+        return keras.random.normal(shape, dtype="float32", seed=self.seed_generator)
+
+    def compute_elbo_terms(self, images, training: bool = False) -> dict:
+        """Per-example ELBO terms with one reparameterized sample of z per image.
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            training: bool. Passed to the encoder and decoder.
+
+        Returns:
+            The dict of `tfvae.objectives.elbo_terms`: `reconstruction`, `kl`, `elbo`,
+            `objective`, each `[B]` float32.
+        """
+        posterior = self.encode(images, training=training)
+        noise = self.draw_noise(tf.shape(posterior.mean()))
+        z = reparameterized_sample(posterior, noise)
+        likelihood = self.decode(z, training=training)
+        return elbo_terms(images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable)
+
+    def call(self, inputs, training=False):
+        loc, _ = self._posterior_parameters(inputs, training)
+        return self.likelihood.mean(self.decoder(loc, training=training))
+
+    def reconstruct(self, images, sample_latent: bool = False):
+        """Returns the mean of p(x|z) for z the posterior mean (or a posterior sample).
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            sample_latent: bool. Decode a sample of q(z|x) instead of its mean.
+
+        Returns:
+            Reconstructed images `[B, H, W, C]`.
+        """
+        if not sample_latent:
+            return self(images, training=False)
+        posterior = self.encode(images)
+        z = reparameterized_sample(posterior, self.draw_noise(tf.shape(posterior.mean())))
+        return self.likelihood.mean(self.decoder(z, training=False))
+
+    def sample(self, num_samples: int, seed: int | None = None):
+        """Draws z from the prior and returns the mean images of p(x|z), `[n, H, W, C]`.
+
+        Args:
+            num_samples: int >= 1.
+            seed: int or None. With an int, the same seed gives the same images; with None the
+                model's SeedGenerator advances.
+
+        Raises:
+            ValueError: num_samples < 1.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"Expected num_samples to be an integer >= 1. Received: {num_samples!r}")
+        generator = self.seed_generator if seed is None else keras.random.SeedGenerator(seed)
+        # TFP takes a shape-[2] integer tensor as a stateless seed.
+        stateless_seed = keras.random.randint((2,), 0, 2**31 - 1, dtype="int32", seed=generator)
+        z = self.prior_distribution().sample(int(num_samples), seed=stateless_seed)
+        return self.likelihood.mean(self.decoder(z, training=False))
+
+    # ------------------------------------------------------------------ training
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.elbo_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    def compile(self, optimizer="adam", **kwargs):
+        """Configures the optimizer; the loss is always the negative ELBO.
+
+        Args:
+            optimizer: a Keras optimizer or its name. Default Adam (learning rate 1e-3).
+            **kwargs: other `keras.Model.compile` arguments (`jit_compile`, `steps_per_execution`,
+                `run_eagerly`, ...).
+
+        Raises:
+            ValueError: `loss`, `metrics`, `weighted_metrics` or `loss_weights` given: the VAE
+                computes and reports its own.
+        """
+        for argument in ("loss", "metrics", "weighted_metrics", "loss_weights"):
+            if kwargs.get(argument) is not None:
+                raise ValueError(
+                    f"tfvae.VAE computes its own loss (-ELBO) and metrics {list(METRIC_NAMES)}; "
+                    f"compile it with an optimizer only. Received: {argument}={kwargs[argument]!r}"
+                )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips models that override compile(); ours takes the same arguments, so the
+        # optimizer (and its state, loaded after this) comes back with a saved model.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        self.optimizer.build(self.trainable_variables)
+
+    def _loss_and_metrics(self, images, sample_weight, training):
+        terms = self.compute_elbo_terms(images, training=training)
+        per_example_loss = -terms["objective"]
+        if sample_weight is None:
+            loss = tf.reduce_mean(per_example_loss)
+        else:
+            # As Keras's "sum_over_batch_size": weights scale examples, the batch size divides.
+            weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+            loss = tf.reduce_sum(per_example_loss * weights) / tf.cast(
+                tf.size(per_example_loss), tf.float32
+            )
+        if self.losses:
+            loss = loss + tf.cast(tf.add_n(self.losses), tf.float32)
+        return loss, terms
+
+    def _update_metrics(self, loss, terms, sample_weight):
+        batch_size = tf.shape(terms["elbo"])[0]
+        self.loss_tracker.update_state(loss, sample_weight=batch_size)
+        self.elbo_tracker.update_state(terms["elbo"], sample_weight=sample_weight)
+        self.reconstruction_tracker.update_state(terms["reconstruction"], sample_weight=sample_weight)
+        self.kl_tracker.update_state(terms["kl"], sample_weight=sample_weight)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            loss, terms = self._loss_and_metrics(images, sample_weight, training=True)
+            # Each replica sees 1/N of the global batch; the gradients are summed across
+            # replicas, so the per-replica mean is divided by N (as Keras's losses do).
+            scaled_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(scaled_loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._update_metrics(loss, terms, sample_weight)
+
+    def test_step(self, data):
+        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        loss, terms = self._loss_and_metrics(images, sample_weight, training=False)
+        return self._update_metrics(loss, terms, sample_weight)
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit`, after checking `x` and `validation_data` (see `check_data`)."""
+        self.check_data(x, "x")
+        if validation_data is not None:
+            self.check_data(validation_data, "validation_data")
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after checking `x` (see `check_data`)."""
+        self.check_data(x, "x")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            decoder=keras.saving.serialize_keras_object(self.decoder),
+            likelihood=keras.saving.serialize_keras_object(self.likelihood),
+            prior=keras.saving.serialize_keras_object(self.prior),
+            beta=self._initial_beta,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "likelihood", "prior"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def build_conv_vae(
+    image_shape: Sequence[int],
+    latent_dim: int,
+    filters: Sequence[int] = (32, 64),
+    kernel_size: int = 3,
+    hidden_units: int | None = None,
+    likelihood="bernoulli",
+    prior="standard_normal",
+    beta: float = 1.0,
+    seed: int | None = None,
+    name: str = "vae",
+) -> VAE:
+    """Builds a `VAE` from `build_conv_encoder` and its mirror image `build_conv_decoder`.
+
+    Args:
+        image_shape: `(H, W, C)`; H and W divisible by `2**len(filters)`.
+        latent_dim: int >= 1. The size of z.
+        filters: the encoder's Conv2D channels; the decoder uses them reversed.
+        kernel_size, hidden_units: see `build_conv_encoder`.
+        likelihood, prior, beta, seed: see `VAE`.
+        name: the model's name.
+
+    Returns:
+        A built, uncompiled `tfvae.VAE`.
+
+    Raises:
+        ValueError: see `build_conv_encoder`, `build_conv_decoder` and `VAE`.
+    """
+    filters = tuple(filters)
+    encoder = build_conv_encoder(image_shape, latent_dim, filters, kernel_size, hidden_units)
+    decoder = build_conv_decoder(latent_dim, image_shape, filters[::-1], kernel_size, hidden_units)
+    return VAE(encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name)
