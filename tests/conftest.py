@@ -1,0 +1,45 @@
+"""Shared fixtures: quiet TensorFlow, the repository's paths, real data, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The real MNIST test set (IDX files), beside the repository as ../shared/data/mnist-t10k/.
+MNIST_T10K_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist-t10k"
+
+
+def cli_environment(extra: dict | None = None) -> dict:
+    """The environment for a `python -m tfvae` subprocess that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs `python -m tfvae ARGS` from this checkout; returns the completed process (text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tfvae", *map(str, args)],
+        cwd=cwd,
+        env=cli_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits: `(train_images, train_labels), (val_images, val_labels)`."""
+    from tfvae.data import load_digits
+
+    return load_digits(seed=0)
