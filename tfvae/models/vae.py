@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import keras
@@ -108,8 +109,11 @@ class VAE(keras.Model):
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
         # === Build now, so that saving, export and keras-tuner see a built model ===
-        self.likelihood.build((None, *self.image_shape))
-        self.prior.build((self.latent_dim,))
+        # (A deserialized likelihood or prior may come built already.)
+        if not self.likelihood.built:
+            self.likelihood.build((None, *self.image_shape))
+        if not self.prior.built:
+            self.prior.build((self.latent_dim,))
         self.build((None, *self.image_shape))
 
     def build(self, input_shape):
@@ -219,7 +223,7 @@ class VAE(keras.Model):
     def _check_shape_and_dtype(self, shape, dtype, argument):
         expected = (None, *self.image_shape)
         compatible = len(shape) == len(expected) and all(
-            got is None or got == want for got, want in zip(shape[1:], expected[1:])
+            got is None or got == want for got, want in zip(shape[1:], expected[1:], strict=True)
         )
         if not compatible:
             raise ValueError(
@@ -399,7 +403,7 @@ class VAE(keras.Model):
             scaled_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = self.optimizer.scale_loss(scaled_loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         return self._update_metrics(loss, terms, sample_weight)
 
     def test_step(self, data):
@@ -434,7 +438,8 @@ class VAE(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Keras's deserialization consumes nested dicts; keep the caller's config intact.
+        config = copy.deepcopy(config)
         for key in ("encoder", "decoder", "likelihood", "prior"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])

@@ -1,0 +1,99 @@
+"""`tfvae train` end to end, in a subprocess, as a user runs it."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_cli
+
+from tfvae.cli import main
+
+
+def _png_shape(path):
+    return tuple(tf.io.decode_png(path.read_bytes()).shape)
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--epochs", "3", "--run-dir", run_dir, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["config.json", "metrics.json", "model.keras", "reconstructions.png", "samples.png"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 3 and metrics["stopped_on_nan"] is False
+    assert metrics["validation"]["elbo"] < 0 and metrics["num_train_examples"] > 1000
+    assert json.loads(result.stdout)["run_dir"] == str(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["epochs"] == 3 and config["dataset"] == "digits"
+    # 64 samples of 8x8 digits, upscaled 4x, in an 8x8 grid with 1-pixel padding.
+    assert _png_shape(run_dir / "samples.png") == (8 * 33 + 1, 8 * 33 + 1, 1)
+    assert _png_shape(run_dir / "reconstructions.png") == (8 * 33 + 1, 8 * 33 + 1, 1)
+    pixels = tf.io.decode_png((run_dir / "samples.png").read_bytes()).numpy()
+    assert pixels.std() > 10  # not blank
+
+
+@pytest.mark.slow
+def test_train_with_no_arguments_uses_the_default_run_dir(tmp_path):
+    result = run_cli("train", "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("digits-") and (run_dir / "model.keras").exists()
+
+
+def _main(capsys, *args):
+    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_existing_run_directory_is_refused_and_kept(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    status, _, err = _main(capsys, "train", "--epochs", "1", "--run-dir", run_dir)
+    assert status == 2
+    assert err.strip().splitlines() == [
+        f"tfvae: error: Expected a new or empty run directory. Received: '{run_dir}', which "
+        "already holds files; choose another --run-dir (nothing was changed)."
+    ]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "expected a positive integer, received '0'"),
+        (["--filters", "32,x"], "expected comma-separated positive integers"),
+        (["--likelihood", "poisson"], "invalid choice: 'poisson'"),
+        (["--learning-rate", "-1"], "Expected learning_rate > 0"),
+        (["--beta", "-2"], "Expected beta to be a number >= 0"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    status, _, err = _main(capsys, "train", "--run-dir", tmp_path / "run", *args)
+    assert status == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_help_documents_every_flag(capsys):
+    status, out, _ = _main(capsys, "train", "--help")
+    assert status == 0
+    for flag in ["--latent-dim", "--filters", "--likelihood", "--beta", "--epochs", "--batch-size",
+                 "--learning-rate", "--seed", "--run-dir"]:
+        assert flag in out
+
+
+def test_train_function_returns_the_metrics_it_writes(tmp_path):
+    from tfvae.training import TrainConfig, train
+
+    metrics = train(TrainConfig(epochs=1, run_dir=str(tmp_path / "r"), latent_dim=2), verbose=0)
+    assert metrics["epochs_completed"] == 1
+    assert np.isfinite(metrics["train"]["loss"])
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == metrics
