@@ -1,37 +1,172 @@
-"""Keras callbacks that tfvae's training job uses and users can reuse."""
+"""Keras callbacks of tfvae's training job, usable on their own with any `fit`.
+
+Every file they write goes through a temporary name and a rename, so a run killed at any moment
+leaves each file either as it was or complete.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import os
+from pathlib import Path
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from tfvae.files import atomic_path
+from tfvae.files import atomic_path, write_bytes_atomic
+from tfvae.images import image_grid, interleave_pairs
 
 
-class SaveLastGoodModel(keras.callbacks.Callback):
-    """Saves the model to `path` after each epoch whose logged values are all finite.
+def _all_finite(logs) -> bool:
+    return all(math.isfinite(float(v)) for v in (logs or {}).values() if isinstance(v, (int, float)))
 
-    The file is written under a temporary name and renamed into place, so `path` always holds
-    either the previous good model or the new one, never half of one; an epoch that ended in NaN
-    (see `keras.callbacks.TerminateOnNaN`) leaves the previous model in place.
+
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights, optimizer state, config) to a `.keras` file after an epoch.
+
+    With `monitor=None` it saves after each epoch whose logged values are all finite, so an
+    epoch that ended in NaN (see `keras.callbacks.TerminateOnNaN`) leaves the last good model in
+    place. With `monitor="val_loss"` it saves only when that value improves on the best so far.
 
     Args:
-        path: str. Where the `.keras` file goes.
+        path: str or Path. Where the `.keras` file goes.
+        monitor: str or None. A key of the epoch logs to select on.
+        mode: "min" or "max". Whether a lower or a higher `monitor` is better.
+
+    Raises:
+        ValueError: a path without the `.keras` suffix or an unknown mode.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path, monitor: str | None = None, mode: str = "min"):
         super().__init__()
         if not str(path).endswith(".keras"):
-            raise ValueError(f"Expected a path ending in '.keras'. Received: path={path!r}")
-        self.path = path
+            raise ValueError(f"Expected a path ending in '.keras'. Received: path={str(path)!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"Expected mode 'min' or 'max'. Received: mode={mode!r}")
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
         self.saved_epochs = 0
 
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
     def on_epoch_end(self, epoch, logs=None):
-        values = [float(v) for v in (logs or {}).values() if isinstance(v, (int, float))]
-        if not all(math.isfinite(v) for v in values):
+        logs = logs or {}
+        if not _all_finite(logs):
             return
+        if self.monitor is not None:
+            if self.monitor not in logs:
+                raise ValueError(
+                    f"Expected '{self.monitor}' in the epoch logs to select checkpoints. "
+                    f"Received logs with keys {sorted(logs)}"
+                )
+            value = float(logs[self.monitor])
+            if not self._improves(value):
+                return
+            self.best = value
         with atomic_path(self.path) as temporary:
             self.model.save(temporary)
         self.saved_epochs += 1
+
+
+class MetricsCSVLogger(keras.callbacks.Callback):
+    """Writes one row per epoch (`epoch` and every logged metric) to a CSV file.
+
+    Unlike `keras.callbacks.CSVLogger`, the whole file is rewritten through a rename after each
+    epoch, so it is never half a row long; rows of an earlier, resumed run are kept.
+
+    Args:
+        path: str or Path of the CSV file.
+        previous_rows: list of dicts, rows already written by the run being resumed.
+    """
+
+    def __init__(self, path, previous_rows: list[dict] | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.rows = list(previous_rows or [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch}
+        row.update({key: float(value) for key, value in (logs or {}).items()})
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
+        columns = ["epoch"] + sorted({key for r in self.rows for key in r if key != "epoch"})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_bytes_atomic(self.path, text.getvalue().encode())
+
+
+def read_metrics_csv(path) -> list[dict]:
+    """The rows of a `metrics.csv` written by `MetricsCSVLogger` ([] when there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore`, with its backup written through temporary names and renames.
+
+    Keras writes `latest.weights.h5` and `training_metadata.json` in place; a process killed
+    during that write would leave a backup that cannot be read. Here both files are written
+    beside their final names and renamed, weights first, so the metadata never names an epoch
+    whose weights are not on disk.
+    """
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with atomic_path(self._weights_path) as temporary:
+            # Keras wants the ".weights.h5" suffix; atomic_path keeps ".h5" only.
+            weights_file = temporary.with_name(temporary.stem + ".weights.h5")
+            try:
+                self.model.save_weights(weights_file, overwrite=True)
+                os.replace(weights_file, temporary)
+            finally:
+                if weights_file.exists():
+                    weights_file.unlink()
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        write_bytes_atomic(self._training_metadata_path, json.dumps(metadata).encode())
+
+
+class ImageSummaries(keras.callbacks.Callback):
+    """Logs sample and reconstruction grids to TensorBoard after every epoch.
+
+    Args:
+        log_dir: str. A TensorBoard log directory (e.g. the run's `logs/images`).
+        images: array `[N, H, W, C]` of validation images to reconstruct (a few dozen).
+        num_samples: int. Prior samples per grid.
+        seed: int. The same prior samples every epoch, so the grids show progress.
+    """
+
+    def __init__(self, log_dir, images, num_samples: int = 64, seed: int = 0):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.images = np.asarray(images)
+        self.num_samples = num_samples
+        self.seed = seed
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        samples = image_grid(np.asarray(self.model.sample(self.num_samples, seed=self.seed)))
+        pairs = interleave_pairs(self.images, np.asarray(self.model.reconstruct(self.images)))
+        with self._writer.as_default():
+            tf.summary.image("samples", samples[np.newaxis], step=epoch)
+            tf.summary.image("reconstructions", image_grid(pairs, columns=8)[np.newaxis], step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

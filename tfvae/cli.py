@@ -1,11 +1,20 @@
-"""The `tfvae` command line: `tfvae train` (and more commands as they are added)."""
+"""The `tfvae` command line: train, evaluate and sample.
+
+Expected user errors (a bad flag value, a missing file, a run directory that would be
+overwritten) print one line, `tfvae: error: ...`, and exit with status 2; `--debug` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
 
 
 def _positive_int(text: str) -> int:
@@ -15,6 +24,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received '{text}'") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received '{text}'")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received '{text}'")
     return value
 
 
@@ -30,49 +49,76 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _add_train_command(subparsers) -> None:
-    from tfvae.training import TrainConfig  # noqa: PLC0415
+# --------------------------------------------------------------------------- train
+# Flags of `train` that map one to one onto TrainConfig fields. Their defaults are SUPPRESS, so
+# that only flags the user typed override the config file (or the resumed run's config).
+_TRAIN_SETTINGS = (
+    ("--dataset", dict(help="data source: 'digits' (built in, offline), a tensorflow-datasets name, or a local file/folder (default: digits)")),
+    ("--data-dir", dict(help="tensorflow-datasets data directory")),
+    ("--binarize", dict(choices=["none", "static", "dynamic"], help="binarize images: none, static (once), dynamic (each epoch) (default: none)")),
+    ("--latent-dim", dict(type=_positive_int, help="size of z (default: 8)")),
+    ("--filters", dict(type=_int_list, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")),
+    ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
+    ("--likelihood", dict(choices=["bernoulli", "gaussian"], help="p(x|z): bernoulli (data in [0, 1]) or gaussian (default: bernoulli)")),
+    ("--beta", dict(type=float, help="weight of the KL term (default: 1)")),
+    ("--epochs", dict(type=_positive_int, help="total epochs of the run; with --resume, where it ends (default: 30)")),
+    ("--batch-size", dict(type=_positive_int, help="global batch size (default: 64)")),
+    ("--learning-rate", dict(type=float, help="Adam learning rate (default: 0.001)")),
+    ("--seed", dict(type=int, help="random seed of weights, noise, shuffling and pictures (default: 0)")),
+    ("--run-dir", dict(help="where to write the run, new or empty (default: runs/<dataset>-<time>)")),
+)
 
-    defaults = TrainConfig()
+
+def _add_train_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a VAE and write a run directory",
-        description="Train a convolutional VAE and write a run directory with the model, "
-        "sample and reconstruction grids and the final metrics. With no arguments it trains on "
-        "scikit-learn's built-in 8x8 digits, offline.",
+        description="Train a convolutional VAE and write a run directory: config.json, model.keras, "
+        "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json and pictures. With no "
+        "arguments it trains on scikit-learn's built-in 8x8 digits, offline.",
     )
-    parser.add_argument("--dataset", default=defaults.dataset, help="data source (default: %(default)s)")
-    parser.add_argument("--latent-dim", type=_positive_int, default=defaults.latent_dim, help="size of z (default: %(default)s)")
-    parser.add_argument("--filters", type=_int_list, default=defaults.filters, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")
-    parser.add_argument("--hidden-units", type=_positive_int, default=defaults.hidden_units, help="width of an extra dense layer in encoder and decoder (default: none)")
-    parser.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=defaults.likelihood, help="p(x|z) (default: %(default)s)")
-    parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term (default: %(default)s)")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
-    parser.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<time>); must be new or empty")
+    parser.add_argument("--config", help="JSON or YAML file of settings (keys as the flags, e.g. latent_dim); flags given here override it")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after an interruption (its config.json; --epochs may raise the total)")
+    for flag, options in _TRAIN_SETTINGS:
+        parser.add_argument(flag, default=argparse.SUPPRESS, **options)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_train)
 
 
-def _run_train(args) -> int:
-    from tfvae.training import TrainConfig, train  # noqa: PLC0415
+def resolve_train_config(args):
+    """The `TrainConfig` of a `train` invocation: defaults < --config file < typed flags.
 
-    config = TrainConfig(
-        dataset=args.dataset,
-        latent_dim=args.latent_dim,
-        filters=args.filters,
-        hidden_units=args.hidden_units,
-        likelihood=args.likelihood,
-        beta=args.beta,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        run_dir=args.run_dir,
-    )
-    metrics = train(config, verbose=0 if args.quiet else "auto")
+    With `--resume RUN_DIR` the run's own config.json is the base and only `--epochs` may change.
+
+    Raises:
+        ValueError: an unknown setting, a bad value, or a setting changed on resume.
+        FileNotFoundError: a missing config file or run directory.
+    """
+    from tfvae.training import TrainConfig, load_run_config, read_config_file  # noqa: PLC0415
+
+    typed = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+             for flag, _ in _TRAIN_SETTINGS if hasattr(args, flag[2:].replace("-", "_"))}
+    if args.resume:
+        if args.config:
+            raise ValueError("Expected either --resume or --config. Received both: a resumed run keeps its own config.json.")
+        base = load_run_config(args.resume)
+        changed = sorted(key for key, value in typed.items() if key != "epochs" and value != getattr(base, key))
+        if changed:
+            raise ValueError(
+                f"Expected only --epochs to change when resuming. Received changes to {changed}; "
+                "start a new run for other settings."
+            )
+        return dataclasses.replace(base, **typed)
+    values = read_config_file(args.config) if args.config else {}
+    config = TrainConfig.from_dict(values, source=args.config or "the configuration")
+    return dataclasses.replace(config, **typed)
+
+
+def _run_train(args) -> int:
+    from tfvae.training import train  # noqa: PLC0415
+
+    config = resolve_train_config(args)
+    metrics = train(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
     print(json.dumps(metrics, indent=2))
     if metrics["stopped_on_nan"]:
         print(f"tfvae: training stopped on a NaN loss; {metrics['run_dir']}/model.keras holds the "
@@ -81,12 +127,118 @@ def _run_train(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- shared by evaluate/sample
+def _add_model_arguments(parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by tfvae train")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="model.keras (last good epoch) or checkpoints/best.keras (lowest validation loss) (default: %(default)s)")
+
+
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="test ELBO and importance-weighted negative log-likelihood of a trained run",
+        description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
+        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data.",
+    )
+    _add_model_arguments(parser)
+    parser.add_argument("--dataset", help="data source (default: the run's dataset); its validation/test split is used")
+    parser.add_argument("--data-dir", help="tensorflow-datasets data directory (default: the run's)")
+    parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; dynamic runs are scored on one fixed binarization)")
+    parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
+    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from tfvae.evaluation import evaluate_run  # noqa: PLC0415
+
+    if args.samples > 5000:
+        raise ValueError(f"Expected --samples <= 5000. Received: {args.samples}")
+    result = evaluate_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        binarize=args.binarize,
+        num_samples=args.samples,
+        batch_size=args.batch_size,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        verbose=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from tfvae.evaluation import format_table  # noqa: PLC0415
+
+        print(format_table(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+def _add_sample_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="draw images from a trained run's model into a PNG grid",
+        description="Decode samples of the prior into a PNG grid; or interpolate between prior "
+        "samples (--interpolate); or sweep one latent dimension with the others fixed (--traverse DIM).",
+    )
+    _add_model_arguments(parser)
+    parser.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default: %(default)s); with --interpolate/--traverse, rows = n / steps")
+    parser.add_argument("--out", default="samples.png", help="the PNG file to write, which must not exist (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: %(default)s)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--interpolate", action="store_true", help="rows of straight lines in latent space between pairs of prior samples")
+    mode.add_argument("--traverse", type=_non_negative_int, metavar="DIM", help="rows that vary latent dimension DIM from -3 to 3, the others fixed")
+    parser.add_argument("--steps", type=_positive_int, default=8, help="images per row for --interpolate and --traverse (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from tfvae import pictures  # noqa: PLC0415
+    from tfvae.images import image_grid, save_png  # noqa: PLC0415
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"Expected --out to name a .png file. Received: '{out}'")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"Expected --out to name a new file. Received: '{out}', which exists (pass --overwrite to replace it).")
+    from tfvae.training import load_run_model  # noqa: PLC0415
+
+    vae = load_run_model(args.run_dir, args.checkpoint)
+    scale = pictures.upscale_for(vae.image_shape)
+    if args.interpolate or args.traverse is not None:
+        rows = max(1, args.num_samples // args.steps)
+        z = np.asarray(vae.prior_distribution().sample(2 * rows, seed=[args.seed, 1]))
+        if args.interpolate:
+            images = pictures.decode_mean(vae, pictures.interpolate_latents(z[:rows], z[rows:], args.steps))
+        else:
+            images = pictures.latent_traversal(vae, args.traverse, z[:rows], steps=args.steps)
+        grid = image_grid(images, columns=args.steps, scale=scale)
+    else:
+        grid = image_grid(np.asarray(vae.sample(args.num_samples, seed=args.seed)), scale=scale)
+    save_png(out, grid)
+    print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]} pixels)")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tfvae` with all its commands."""
     parser = argparse.ArgumentParser(prog="tfvae", description="Variational autoencoders for Keras 3 and TensorFlow.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_command(subparsers)
+    _add_evaluate_command(subparsers)
+    _add_sample_command(subparsers)
     return parser
 
 
@@ -101,7 +253,7 @@ def main(argv=None) -> int:
             raise
         message = " ".join(str(error).split())
         print(f"tfvae: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

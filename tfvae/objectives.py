@@ -92,3 +92,28 @@ def elbo_terms(x, likelihood: tfd.Distribution, posterior, prior, z, beta=1.0) -
         "elbo": -reconstruction - kl,
         "objective": -reconstruction - beta * kl,
     }
+
+
+def log_importance_weights(x, posterior, prior, likelihood_fn, z):
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K samples per example.
+
+    Args:
+        x: data `[B, ...]`.
+        posterior: q(z|x), batch shape `[B]`, event shape `[D]`.
+        prior: p(z), event shape `[D]`.
+        likelihood_fn: maps z `[K * B, D]` to p(x|z) with batch shape `[K * B]`.
+        z: samples of q(z|x), `[K, B, D]`.
+
+    Returns:
+        float32 `[K, B]`.
+    """
+    num_samples, batch_size = tf.shape(z)[0], tf.shape(z)[1]
+    flat_z = tf.reshape(z, [num_samples * batch_size, -1])
+    x = tf.cast(x, tf.float32)
+    tiled_x = tf.reshape(
+        tf.tile(x[tf.newaxis], tf.concat([[num_samples], tf.ones([tf.rank(x)], tf.int32)], 0)),
+        tf.concat([[num_samples * batch_size], tf.shape(x)[1:]], 0),
+    )
+    log_px_given_z = tf.reshape(likelihood_fn(flat_z).log_prob(tiled_x), [num_samples, batch_size])
+    return log_px_given_z + prior.log_prob(z) - posterior.log_prob(z)
+

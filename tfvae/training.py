@@ -1,8 +1,24 @@
-"""The training job behind `tfvae train`: data -> model -> fit -> a run directory."""
+"""The training job behind `tfvae train`: configuration -> data -> model -> fit -> a run directory.
+
+A run directory holds everything about one run:
+
+    config.json            the resolved configuration (what `--resume` reads back)
+    model.keras            the last model whose epoch ended with finite values
+    checkpoints/best.keras the model with the lowest validation loss so far
+    backup/                Keras's BackupAndRestore state while a run is unfinished
+    logs/                  TensorBoard: scalars (train/, validation/) and images (images/)
+    metrics.csv            one row per epoch
+    metrics.json           the final metrics
+    samples.png, reconstructions.png, interpolations.png, loss_curves.png
+    latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist)
+
+Every file is written under a temporary name and renamed into place.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -10,21 +26,48 @@ from pathlib import Path
 
 import keras
 
-from tfvae.callbacks import SaveLastGoodModel
-from tfvae.data import load_digits
+from tfvae import pictures
+from tfvae.callbacks import (
+    AtomicBackupAndRestore,
+    AtomicModelCheckpoint,
+    ImageSummaries,
+    MetricsCSVLogger,
+    read_metrics_csv,
+)
 from tfvae.files import write_json_atomic
-from tfvae.images import image_grid, interleave_pairs, save_png
 from tfvae.models import build_conv_vae
 
-#: Number of images in the sample and reconstruction grids.
+#: Images in the sample, reconstruction and interpolation pictures.
 GRID_SIZE = 64
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+BEST_CHECKPOINT = "checkpoints/best.keras"
+BACKUP_DIR = "backup"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as `config.json` in the run directory."""
+    """Everything a training run depends on; saved as `config.json` in the run directory.
+
+    Attributes:
+        dataset: str. A data source for `tfvae.data.load` (default: the built-in digits).
+        data_dir: str or None. Where tensorflow-datasets keeps prepared data.
+        binarize: str. "none", "static" or "dynamic" (see `tfvae.data.load`).
+        latent_dim: int. The size of z.
+        filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
+        hidden_units: int or None. An extra dense layer in encoder and decoder.
+        likelihood: str. "bernoulli" or "gaussian".
+        beta: float. Weight of the KL term.
+        epochs: int. The total number of epochs of the run (a resumed run ends there too).
+        batch_size: int. The global batch size.
+        learning_rate: float. Adam's learning rate.
+        seed: int. Seeds weights, noise, shuffling and the pictures.
+        run_dir: str or None. Where the run is written (default `runs/<dataset>-<time>`).
+    """
 
     dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "none"
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = None
@@ -38,21 +81,66 @@ class TrainConfig:
 
     def __post_init__(self):
         self.filters = tuple(self.filters)
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "latent_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+        if isinstance(self.learning_rate, bool) or not (
+            isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
+        ):
+            raise ValueError(f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}")
+        if isinstance(self.beta, bool) or not (isinstance(self.beta, (int, float)) and self.beta >= 0):
+            raise ValueError(f"Expected beta to be a number >= 0. Received: beta={self.beta!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
+        """Builds a config from a dict whose keys are field names (dashes allowed).
+
+        Raises:
+            ValueError: an unknown key, or a value the fields reject.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        normalized = {str(key).replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(normalized) - known)
+        if unknown:
             raise ValueError(
-                f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}"
+                f"Unknown setting(s) {unknown} in {source}. Expected keys among {sorted(known)}."
             )
-        if self.dataset != "digits":
-            raise ValueError(f"Unknown dataset '{self.dataset}'. Expected one of ['digits'].")
+        return cls(**normalized)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Reads a JSON or YAML file of settings (a mapping).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not parseable, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a JSON or YAML config file. Received: '{path}', which does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # noqa: PLC0415
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # yaml and json raise their own types
+        raise ValueError(f"Could not parse the config file '{path}': {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"Expected the config file '{path}' to hold a mapping of settings. "
+            f"Received: {type(values).__name__}"
+        )
+    return values
 
 
 def default_run_dir(config: TrainConfig) -> Path:
     """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    return Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = Path(config.dataset).name or "data"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -65,83 +153,186 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise FileExistsError(
             f"Expected a new or empty run directory. Received: '{run_dir}', which already holds "
-            "files; choose another --run-dir (nothing was changed)."
+            "files; choose another --run-dir, or continue it with --resume (nothing was changed)."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def _finite_float(value) -> float | None:
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The `TrainConfig` saved in a run directory.
+
+    Raises:
+        FileNotFoundError: `run_dir` or its `config.json` does not exist.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Expected a tfvae run directory with {CONFIG_FILE}. Received: '{run_dir}', which has none."
+        )
+    values = json.loads(path.read_text())
+    values["run_dir"] = str(run_dir)
+    return TrainConfig.from_dict(values, source=str(path))
+
+
+def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
+    """Loads a run directory's model: "last" (model.keras) or "best" (checkpoints/best.keras).
+
+    Raises:
+        FileNotFoundError: the run directory or its model file does not exist.
+        ValueError: an unknown checkpoint name.
+    """
+    if checkpoint not in ("last", "best"):
+        raise ValueError(f"Expected checkpoint 'last' or 'best'. Received: {checkpoint!r}")
+    relative = MODEL_FILE if checkpoint == "last" else BEST_CHECKPOINT
+    path = Path(run_dir) / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Expected a tfvae run directory holding {relative}. Received: '{run_dir}', which has none."
+        )
+    return keras.models.load_model(path)
+
+
+def _load_data(config: TrainConfig):
+    from tfvae.data import load  # noqa: PLC0415 (the data module imports tensorflow-datasets)
+
+    return load(
+        config.dataset,
+        batch_size=config.batch_size,
+        data_dir=config.data_dir,
+        binarize=config.binarize,
+        seed=config.seed,
+    )
+
+
+def _finite_or_none(value) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
 
 
-def train(config: TrainConfig, verbose="auto") -> dict:
-    """Trains a VAE as `config` says and writes its run directory.
-
-    The run directory receives `config.json`, `model.keras` (after every finite epoch, so a NaN
-    leaves the last good model), `samples.png`, `reconstructions.png` (inputs and their
-    reconstructions, side by side) and `metrics.json`.
+def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
+    """Writes the run's pictures for `vae`; returns their file names.
 
     Args:
-        config: the run's `TrainConfig`.
+        vae: a trained `tfvae.VAE`.
+        run_dir: the run directory.
+        images: validation images `[N, H, W, C]` (N >= 2).
+        labels: their labels `[N]`, or None.
+        seed: seeds the prior samples.
+    """
+    written = ["samples.png", "reconstructions.png", "interpolations.png"]
+    pictures.save_samples(vae, run_dir / "samples.png", GRID_SIZE, seed=seed)
+    pictures.save_reconstructions(vae, images[: GRID_SIZE // 2], run_dir / "reconstructions.png")
+    pictures.save_interpolations(vae, images[:16], run_dir / "interpolations.png")
+    if vae.latent_dim == 2:
+        pictures.save_manifold(vae, run_dir / "latent_manifold.png")
+        written.append("latent_manifold.png")
+        if labels is not None:
+            pictures.save_latent_scatter(vae, images, labels, run_dir / "latent_scatter.png")
+            written.append("latent_scatter.png")
+    return written
+
+
+def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
+    """Trains a VAE as `config` says and writes (or continues) its run directory.
+
+    Args:
+        config: the run's `TrainConfig`. With `resume`, `config.run_dir` must be an existing
+            run; its epochs may be raised to train further.
+        resume: continue a run that was interrupted (or extend a finished one): weights,
+            optimizer state and the epoch count come back from `backup/` (Keras's
+            BackupAndRestore) or, for a finished run, from `model.keras`.
         verbose: passed to `fit` ("auto" shows Keras's progress bar).
 
     Returns:
-        The final metrics: `{"run_dir", "epochs_completed", "train": {...}, "validation": {...},
-        "seconds"}`.
+        The final metrics, also written to `metrics.json`.
 
     Raises:
-        ValueError: a bad configuration.
-        FileExistsError: the run directory already holds files.
+        ValueError: a bad configuration or data.
+        FileExistsError: a new run's directory already holds files.
+        FileNotFoundError: `resume` of a directory that is not a run.
     """
-    run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
-    config = dataclasses.replace(config, run_dir=str(run_dir))
-    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+    if resume:
+        run_dir = Path(config.run_dir)
+        load_run_config(run_dir)  # raises unless it is a run directory
+    else:
+        run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
+        config = dataclasses.replace(config, run_dir=str(run_dir))
+    write_json_atomic(run_dir / CONFIG_FILE, dataclasses.asdict(config))
 
     keras.utils.set_random_seed(config.seed)
-    (train_images, _), (validation_images, _) = load_digits(seed=config.seed)
-    vae = build_conv_vae(
-        train_images.shape[1:],
-        config.latent_dim,
-        filters=config.filters,
-        hidden_units=config.hidden_units,
-        likelihood=config.likelihood,
-        beta=config.beta,
-        seed=config.seed,
-    )
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    saver = SaveLastGoodModel(run_dir / "model.keras")
+    data = _load_data(config)
+    preview_images, preview_labels = data.validation_examples(min(GRID_SIZE * 4, data.num_validation or GRID_SIZE * 4), seed=config.seed)
+
+    previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume else []
+    finished_model = run_dir / MODEL_FILE
+    backup_exists = (run_dir / BACKUP_DIR / "training_metadata.json").exists()
+    if resume and not backup_exists and finished_model.exists():
+        # A finished run (its backup was removed at the end): extend it from its last model.
+        vae = keras.models.load_model(finished_model)
+        initial_epoch = len(previous_rows)
+    else:
+        vae = build_conv_vae(
+            data.image_shape,
+            config.latent_dim,
+            filters=config.filters,
+            hidden_units=config.hidden_units,
+            likelihood=config.likelihood,
+            beta=config.beta,
+            seed=config.seed,
+        )
+        vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
+
+    last_good = AtomicModelCheckpoint(finished_model)
+    best = AtomicModelCheckpoint(run_dir / BEST_CHECKPOINT, monitor="val_loss")
+    best.best = min((float(r["val_loss"]) for r in previous_rows if r.get("val_loss")), default=None)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
+        last_good,
+        best,
+        MetricsCSVLogger(run_dir / "metrics.csv", previous_rows),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        ImageSummaries(run_dir / "logs" / "images", preview_images[:32], seed=config.seed),
+    ]
     started = time.perf_counter()
     history = vae.fit(
-        train_images,
-        validation_data=validation_images,
+        data.train,
+        validation_data=data.validation,
         epochs=config.epochs,
-        batch_size=config.batch_size,
-        callbacks=[keras.callbacks.TerminateOnNaN(), saver],
+        initial_epoch=initial_epoch,
+        callbacks=callbacks,
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
 
-    if saver.saved_epochs:
-        # Pictures and metrics of the last good model, the one on disk.
-        vae = keras.models.load_model(run_dir / "model.keras")
-        save_png(run_dir / "samples.png", image_grid(vae.sample(GRID_SIZE, seed=config.seed), scale=4))
-        originals = validation_images[: GRID_SIZE // 2]
-        pairs = interleave_pairs(originals, vae.reconstruct(originals))
-        save_png(run_dir / "reconstructions.png", image_grid(pairs, columns=8, scale=4))
-    last_good_epoch = saver.saved_epochs - 1
-    last = {k: v[last_good_epoch] for k, v in history.history.items()} if saver.saved_epochs else {}
+    rows = read_metrics_csv(run_dir / "metrics.csv")
+    good_rows = [r for r in rows if all(math.isfinite(float(v)) for k, v in r.items() if v != "")]
+    stopped_on_nan = len(good_rows) < len(rows)
+    written = []
+    if finished_model.exists():
+        # Pictures of the last good model: the one on disk.
+        vae = keras.models.load_model(finished_model)
+        written = write_pictures(vae, run_dir, preview_images, preview_labels, config.seed)
+    if rows:
+        pictures.save_loss_curves(rows, run_dir / "loss_curves.png")
+        written.append("loss_curves.png")
+    last = good_rows[-1] if good_rows else {}
     metrics = {
         "run_dir": str(run_dir),
-        "epochs_completed": saver.saved_epochs,
+        "epochs_completed": len(good_rows),
         "epochs_requested": config.epochs,
-        "stopped_on_nan": len(history.history.get("loss", [])) > saver.saved_epochs,
-        "train": {k: _finite_float(v) for k, v in last.items() if not k.startswith("val_")},
-        "validation": {k[4:]: _finite_float(v) for k, v in last.items() if k.startswith("val_")},
-        "seconds": round(seconds, 2),
-        "num_train_examples": int(len(train_images)),
-        "num_validation_examples": int(len(validation_images)),
+        "stopped_on_nan": stopped_on_nan,
+        "train": {k: _finite_or_none(v) for k, v in last.items() if k != "epoch" and not k.startswith("val_")},
+        "validation": {k[4:]: _finite_or_none(v) for k, v in last.items() if k.startswith("val_")},
+        "best_val_loss": best.best,
+        "seconds_this_session": round(seconds, 2),
+        "image_shape": list(data.image_shape),
+        "num_train_examples": data.num_train,
+        "num_validation_examples": data.num_validation,
+        "pictures": written,
+        "epochs_run_this_session": len(history.history.get("loss", [])),
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics

@@ -13,7 +13,12 @@ from tfvae.distributions import get_likelihood, get_prior
 from tfvae.models.decoder import build_conv_decoder
 from tfvae.models.encoder import build_conv_encoder
 from tfvae.models.validation import check_latent_dim
-from tfvae.objectives import elbo_terms, posterior_distribution, reparameterized_sample
+from tfvae.objectives import (
+    elbo_terms,
+    log_importance_weights,
+    posterior_distribution,
+    reparameterized_sample,
+)
 
 METRIC_NAMES = ("loss", "elbo", "reconstruction", "kl")
 
@@ -338,6 +343,74 @@ class VAE(keras.Model):
         stateless_seed = keras.random.randint((2,), 0, 2**31 - 1, dtype="int32", seed=generator)
         z = self.prior_distribution().sample(int(num_samples), seed=stateless_seed)
         return self.likelihood.mean(self.decoder(z, training=False))
+
+    # ------------------------------------------------------------------ evaluation
+    @tf.function(reduce_retracing=True)
+    def _chunk_log_weights(self, images, seed, num_samples):
+        posterior = self.encode(images)
+        shape = tf.concat([[num_samples], tf.shape(posterior.mean())], 0)
+        noise = tf.random.stateless_normal(shape, seed=seed)
+        z = reparameterized_sample(posterior, noise)
+        return log_importance_weights(
+            images, posterior, self.prior_distribution(), lambda flat_z: self.decode(flat_z), z
+        )
+
+    def importance_weighted_nll(
+        self,
+        data,
+        num_samples: int = 1000,
+        batch_size: int = 100,
+        max_decodes: int = 20000,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> np.ndarray:
+        """Estimates -log p(x) per example with K importance samples (Burda et al., 2015).
+
+        -log p(x) ~= -log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). With K = 1 this is an
+        unbiased estimate of -ELBO; it never exceeds -ELBO on average and falls towards
+        -log p(x) as K grows. Memory stays bounded: at most `max_decodes` images are decoded at
+        once (K is split into chunks, combined exactly with a running logsumexp).
+
+        Args:
+            data: images `[N, H, W, C]` (array or tensor) or a `tf.data.Dataset` of image batches
+                (or of `(images, ...)` tuples).
+            num_samples: int >= 1. K, the number of importance samples per example.
+            batch_size: int >= 1. Examples per batch when `data` is an array.
+            max_decodes: int >= 1. Upper bound on K-chunk x batch decoded at once.
+            seed: int. Seed of the stateless noise: the same seed gives the same estimate.
+            verbose: bool. Show a Keras progress bar over the batches.
+
+        Returns:
+            float64 array `[N]` of -log p(x) estimates in nats (take `.mean()` for the data set).
+
+        Raises:
+            ValueError: num_samples, batch_size or max_decodes < 1, or data this model cannot score.
+        """
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_decodes", max_decodes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+        self.check_data(data, "data")
+        if not isinstance(data, tf.data.Dataset):
+            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        total = data.cardinality().numpy()
+        progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
+        results = []
+        for step, batch in enumerate(data):
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            images = tf.cast(images, tf.float32)
+            chunk = max(1, min(int(num_samples), max_decodes // max(1, int(images.shape[0]))))
+            # log sum_k w_k of each chunk; their logsumexp is the exact total.
+            chunk_sums = []
+            for start in range(0, num_samples, chunk):
+                count = min(chunk, num_samples - start)
+                chunk_seed = tf.constant([seed, step * 1_000_003 + start], tf.int64)
+                log_weights = self._chunk_log_weights(images, chunk_seed, tf.constant(count))
+                chunk_sums.append(tf.reduce_logsumexp(log_weights, axis=0))
+            log_likelihood = tf.reduce_logsumexp(tf.stack(chunk_sums), axis=0) - np.log(num_samples)
+            results.append(-log_likelihood.numpy().astype(np.float64))
+            if progress is not None:
+                progress.update(step + 1)
+        return np.concatenate(results)
 
     # ------------------------------------------------------------------ training
     @property
