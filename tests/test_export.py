@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,7 @@ def test_metadata_asset_describes_the_model(exported):
     assert metadata["image_dtype"] == "float32"
     assert metadata["tfvae_version"] == tfvae.__version__
     assert metadata["expects_binarized_images"] is False
+    assert metadata["prior"] == "standard_normal"
     likelihood = "bernoulli" if vae.image_shape == (8, 8, 1) else "gaussian"
     assert metadata["likelihood"] == likelihood
     assert metadata["value_range"] == ([0.0, 1.0] if likelihood == "bernoulli" else None)
@@ -244,9 +246,10 @@ def _tree(directory):
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
 
-def test_existing_target_is_refused_unless_overwrite(small_vae, tmp_path):
+def test_existing_target_is_refused_unless_overwrite(small_vae, tmp_path, monkeypatch):
     target = tmp_path / "export"
-    tfvae.export_saved_model(small_vae, target)
+    monkeypatch.chdir(tmp_path)
+    assert tfvae.export_saved_model(small_vae, "export/") == pathlib.Path("export")
     before = {p: (target / p).read_bytes() for p in _tree(target) if (target / p).is_file()}
 
     with pytest.raises(FileExistsError, match="already exists"):

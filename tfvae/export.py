@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfvae.distributions import BernoulliLikelihood, likelihood_name
+from tfvae.distributions import PRIORS, BernoulliLikelihood, likelihood_name
 from tfvae.models.vae import VAE
 from tfvae.objectives import elbo_terms, reparameterized_sample
 from tfvae.version import __version__
@@ -144,7 +144,10 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "expects_binarized_images": False,
         "likelihood": likelihood_name(vae.likelihood) or type(vae.likelihood).__name__,
         "likelihood_parameters": "logits" if is_bernoulli else "mean",
-        "prior": type(vae.prior).__name__,
+        "prior": next(
+            (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
+            type(vae.prior).__name__,
+        ),
         "serving_default": "reconstruct",
         "endpoints": ENDPOINTS,
         "elbo_noise": "tf.random.stateless_normal([batch, latent_dim], "
@@ -285,7 +288,8 @@ def export_saved_model(
     if not isinstance(vae, VAE):
         raise ValueError(f"Expected a tfvae.VAE to export. Received: {type(vae).__name__}")
     path = Path(path)
-    _check_target(path, overwrite)
+    target = Path(os.path.abspath(path))  # so that ".", "exports/" and the like have a parent
+    _check_target(target, overwrite)
     metadata = export_metadata(vae, metadata)
     try:
         json.dumps(metadata)
@@ -299,7 +303,7 @@ def export_saved_model(
     # `reconstruct` first: ExportArchive makes the first endpoint `serving_default`.
     for name in ("reconstruct", "encode", "embed", "decode", "sample", "elbo"):
         archive.add_endpoint(name, getattr(endpoints, name), input_signature=signatures[name])
-    with _atomic_directory(path, overwrite) as staging:
+    with _atomic_directory(target, overwrite) as staging:
         archive.write_out(str(staging), verbose=False)
         _write_metadata(staging, metadata)
     return path
