@@ -164,44 +164,68 @@ def test_metadata_asset_describes_the_model(exported):
 _TF_ONLY_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.modules["tensorflow_probability"] = None  # any import of it now fails
+    sys.modules["tensorflow_probability"] = None  # any import of them now fails
     sys.modules["tfvae"] = None
     import json
     import keras
     import numpy as np
     import tensorflow as tf
 
-    results = {}
-    for path, images_file in json.loads(sys.argv[1]):
-        images = np.load(images_file)
-        model = tf.saved_model.load(path)
-        out = {
-            "embed": model.embed(images)["embedding"].numpy().tolist(),
-            "encode_scale": model.encode(images)["scale"].numpy().tolist(),
-            "reconstruct": model.reconstruct(images)["images"].numpy().tolist(),
-            "decode": model.decode(model.embed(images)["embedding"])["images"].numpy().tolist(),
-            "sample": model.sample(num_samples=3, seed=5)["images"].numpy().tolist(),
-            "elbo": model.elbo(images, seed=9)["elbo"].numpy().tolist(),
-        }
-        # Inside a tf.data pipeline, batch by batch.
-        batches = (
-            tf.data.Dataset.from_tensor_slices(images)
-            .batch(4)
-            .map(lambda x: model.embed(x)["embedding"])
-        )
-        out["dataset_embed"] = np.concatenate(list(batches.as_numpy_iterator())).tolist()
-        scored = tf.data.Dataset.from_tensor_slices(images).batch(5).map(
-            lambda x: model.elbo(x, tf.constant(9, tf.int64))["elbo"]
-        )
-        out["dataset_elbo"] = np.concatenate(list(scored.as_numpy_iterator())).tolist()
-        # As a layer of a functional Keras model.
-        inputs = keras.Input(images.shape[1:])
-        embedding = keras.layers.TFSMLayer(path, call_endpoint="embed")(inputs)["embedding"]
-        functional = keras.Model(inputs, keras.layers.Lambda(lambda e: 2.0 * e)(embedding))
-        out["tfsm_layer"] = functional.predict(images, verbose=0).tolist()
-        results[path] = out
-    results["tfp_blocked"] = sys.modules["tensorflow_probability"] is None
-    results["tfvae_blocked"] = sys.modules["tfvae"] is None
+    path, images_file = sys.argv[1:]
+    images = np.load(images_file)
+    model = tf.saved_model.load(path)
+    seed = tf.constant(9, tf.int64)
+    direct = {
+        "encode_loc": model.encode(images)["loc"],
+        "encode_scale": model.encode(images)["scale"],
+        "embed": model.embed(images)["embedding"],
+        "decode": model.decode(model.embed(images)["embedding"])["images"],
+        "decode_parameters": model.decode(model.embed(images)["embedding"])["parameters"],
+        "reconstruct": model.reconstruct(images)["images"],
+        "serving_default": model.signatures["serving_default"](images=images)["images"],
+        "sample": model.sample(num_samples=3, seed=5)["images"],
+        "elbo": model.elbo(images, seed)["elbo"],
+    }
+    # Every endpoint inside tf.data.Dataset.map: one batch holding all the images (so that the
+    # elbo's noise, drawn per batch, is the same), and one sample per seed.
+    batch = tf.data.Dataset.from_tensors(images)
+    in_dataset = {
+        "encode_loc": batch.map(lambda x: model.encode(x)["loc"]),
+        "encode_scale": batch.map(lambda x: model.encode(x)["scale"]),
+        "embed": batch.map(lambda x: model.embed(x)["embedding"]),
+        "decode": batch.map(lambda x: model.decode(model.embed(x)["embedding"])["images"]),
+        "decode_parameters": batch.map(
+            lambda x: model.decode(model.embed(x)["embedding"])["parameters"]
+        ),
+        "reconstruct": batch.map(lambda x: model.reconstruct(x)["images"]),
+        "serving_default": batch.map(
+            lambda x: model.signatures["serving_default"](images=x)["images"]
+        ),
+        "sample": tf.data.Dataset.from_tensors(tf.constant(5, tf.int64)).map(
+            lambda s: model.sample(tf.constant(3), s)["images"]
+        ),
+        "elbo": batch.map(lambda x: model.elbo(x, seed)["elbo"]),
+    }
+    results = {name: value.numpy().tolist() for name, value in direct.items()}
+    results["dataset"] = {
+        name: next(iter(dataset)).numpy().tolist() for name, dataset in in_dataset.items()
+    }
+    results["dataset_embed_batches_of_4"] = np.concatenate(list(
+        tf.data.Dataset.from_tensor_slices(images).batch(4).map(
+            lambda x: model.embed(x)["embedding"], num_parallel_calls=2
+        ).as_numpy_iterator()
+    )).tolist()
+    # As layers of a functional Keras model.
+    inputs = keras.Input(images.shape[1:])
+    embedding = keras.layers.TFSMLayer(path, call_endpoint="embed", trainable=False)(inputs)
+    reconstruction = keras.layers.TFSMLayer(path, call_endpoint="serving_default")(inputs)
+    doubled = keras.layers.Lambda(lambda e: 2.0 * e)(embedding["embedding"])
+    functional = keras.Model(inputs, [doubled, reconstruction["images"]])
+    doubled_embedding, reconstructed = functional.predict(images, verbose=0)
+    results["tfsm_layer_embed"] = doubled_embedding.tolist()
+    results["tfsm_layer_reconstruct"] = reconstructed.tolist()
+    results["blocked"] = [name for name in ("tensorflow_probability", "tfvae")
+                          if sys.modules[name] is None]
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -213,7 +237,7 @@ def test_export_loads_with_tensorflow_only(exported, tmp_path):
     images_file = tmp_path / "images.npy"
     np.save(images_file, images)
     completed = subprocess.run(
-        [sys.executable, "-c", _TF_ONLY_SCRIPT, json.dumps([[str(path), str(images_file)]])],
+        [sys.executable, "-c", _TF_ONLY_SCRIPT, str(path), str(images_file)],
         env=cli_environment(),
         cwd=tmp_path,
         capture_output=True,
@@ -222,24 +246,30 @@ def test_export_loads_with_tensorflow_only(exported, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS"))
-    results = json.loads(line[len("RESULTS"):])
-    assert results["tfp_blocked"] and results["tfvae_blocked"]
-    out = results[str(path)]
+    out = json.loads(line[len("RESULTS"):])
+    assert out["blocked"] == ["tensorflow_probability", "tfvae"]
 
     posterior = vae.encode(images)
-    _close(out["embed"], posterior.mean())
-    _close(out["encode_scale"], posterior.stddev())
-    _close(out["reconstruct"], vae.reconstruct(images))
-    _close(out["decode"], vae.likelihood.mean(vae.decoder(posterior.mean())))
-    _close(out["dataset_embed"], posterior.mean())
-    _close(out["tfsm_layer"], 2.0 * posterior.mean())
     z = vae.prior_distribution().sample(3, seed=export.stateless_seed(5))
-    _close(out["sample"], vae.likelihood.mean(vae.decoder(z)))
     noise = tf.random.stateless_normal([len(images), vae.latent_dim], seed=export.stateless_seed(9))
-    _close(out["elbo"], _keras_elbo_with_noise(vae, images, noise)["elbo"])
-    # Batches of 5 draw the noise per batch: the first batch matches, the rest are other draws.
-    _close(out["dataset_elbo"][:5], out["elbo"][:5])
-    assert len(out["dataset_elbo"]) == len(images)
+    expected = {
+        "encode_loc": posterior.mean(),
+        "encode_scale": posterior.stddev(),
+        "embed": posterior.mean(),
+        "decode": vae.likelihood.mean(vae.decoder(posterior.mean())),
+        "decode_parameters": vae.decoder(posterior.mean()),
+        "reconstruct": vae.reconstruct(images),
+        "serving_default": vae(images),
+        "sample": vae.likelihood.mean(vae.decoder(z)),
+        "elbo": _keras_elbo_with_noise(vae, images, noise)["elbo"],
+    }
+    assert set(out["dataset"]) == set(expected)
+    for name, value in expected.items():
+        _close(out[name], value)
+        _close(out["dataset"][name], value)
+    _close(out["dataset_embed_batches_of_4"], posterior.mean())
+    _close(out["tfsm_layer_embed"], 2.0 * posterior.mean())
+    _close(out["tfsm_layer_reconstruct"], vae(images))
 
 
 def _tree(directory):
