@@ -1,4 +1,4 @@
-"""The `tfvae` command line: train, evaluate and sample.
+"""The `tfvae` command line: train, evaluate, sample and export.
 
 Expected user errors (a bad flag value, a missing file, a run directory that would be
 overwritten) print one line, `tfvae: error: ...`, and exit with status 2; `--debug` shows the
@@ -230,6 +230,49 @@ def _run_sample(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def _add_export_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model as a SavedModel for TensorFlow pipelines",
+        description="Export RUN_DIR/model.keras (as written by `tfvae train`) as a SavedModel "
+        "with endpoints encode, embed, decode, sample, reconstruct and elbo, loadable with "
+        "tf.saved_model.load without tfvae or TensorFlow Probability installed.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding model.keras "
+                        "(or the path of a .keras file)")
+    parser.add_argument("path", metavar="PATH", help="the SavedModel directory to create")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export at PATH (kept until the new one is "
+                        "complete)")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> int:
+    source = Path(args.run_dir)
+    model_file = source if source.suffix == ".keras" else source / "model.keras"
+    if not model_file.is_file():
+        raise FileNotFoundError(
+            "Expected a run directory holding model.keras (as written by tfvae train) or a "
+            f".keras file. Received: '{args.run_dir}', where '{model_file}' does not exist."
+        )
+    import keras  # noqa: PLC0415
+
+    import tfvae  # noqa: PLC0415
+
+    vae = keras.models.load_model(model_file)
+    if not isinstance(vae, tfvae.VAE):
+        raise ValueError(f"Expected '{model_file}' to hold a tfvae.VAE. Received: a "
+                         f"{type(vae).__name__}")
+    config_file = model_file.parent / "config.json"
+    extra = {"source": str(model_file)}
+    if config_file.is_file():
+        extra["dataset"] = json.loads(config_file.read_text()).get("dataset")
+    path = tfvae.export_saved_model(vae, args.path, overwrite=args.overwrite, metadata=extra)
+    print(json.dumps({"export": str(path), "metadata": str(path / "assets.extra" / "tfvae.json")}))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tfvae` with all its commands."""
@@ -239,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(subparsers)
     _add_evaluate_command(subparsers)
     _add_sample_command(subparsers)
+    _add_export_command(subparsers)
     return parser
 
 

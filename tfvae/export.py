@@ -1,0 +1,309 @@
+"""SavedModel export of a `tfvae.VAE` that plain TensorFlow loads (no tfvae, no TFP needed).
+
+The export is written into a temporary directory beside the target and renamed into place, so a
+reader only ever sees a complete SavedModel (or the previous one, when overwriting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tfvae.distributions import PRIORS, BernoulliLikelihood, likelihood_name
+from tfvae.models.vae import VAE
+from tfvae.objectives import elbo_terms, reparameterized_sample
+from tfvae.version import __version__
+
+#: Where the metadata JSON lives inside the SavedModel directory. `assets.extra/` is the
+#: SavedModel convention for files that travel with the model but are not loaded by TensorFlow.
+METADATA_PATH = Path("assets.extra") / "tfvae.json"
+
+#: Bumped when the endpoints or the metadata change incompatibly.
+EXPORT_FORMAT_VERSION = 1
+
+#: The endpoints of the export, their inputs and their outputs (also written to the metadata).
+ENDPOINTS = {
+    "encode": {"inputs": ["images"], "outputs": ["loc", "scale"]},
+    "embed": {"inputs": ["images"], "outputs": ["embedding"]},
+    "decode": {"inputs": ["z"], "outputs": ["images", "parameters"]},
+    "sample": {"inputs": ["num_samples", "seed"], "outputs": ["images"]},
+    "reconstruct": {"inputs": ["images"], "outputs": ["images"]},
+    "elbo": {"inputs": ["images", "seed"], "outputs": ["elbo", "reconstruction", "kl"]},
+}
+
+
+def stateless_seed(seed):
+    """The `int32[2]` stateless seed the exported `sample` and `elbo` derive from an int64 seed.
+
+    The two 32-bit halves of the 64-bit seed, so distinct seeds give distinct random streams.
+
+    Args:
+        seed: int or scalar int64 tensor.
+
+    Returns:
+        An `int32` tensor of shape `[2]`, for `tf.random.stateless_*` ops and TFP's `seed=`.
+    """
+    return tf.bitcast(tf.cast(seed, tf.int64), tf.int32)
+
+
+def _float32(tensor):
+    # Under a mixed-precision policy the networks compute in float16; consumers get float32.
+    return tf.cast(tensor, tf.float32)
+
+
+class _Endpoints:
+    """The functions of one VAE that become the SavedModel's endpoints (traced, TF ops only)."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def _posterior(self, images):
+        return self.vae.encode(images, training=False)
+
+    def encode(self, images):
+        posterior = self._posterior(images)
+        return {"loc": posterior.mean(), "scale": posterior.stddev()}
+
+    def embed(self, images):
+        return {"embedding": self._posterior(images).mean()}
+
+    def decode(self, z):
+        parameters = self.vae.decoder(z, training=False)
+        return {
+            "images": _float32(self.vae.likelihood.mean(parameters)),
+            "parameters": _float32(parameters),
+        }
+
+    def sample(self, num_samples, seed):
+        check = tf.debugging.assert_positive(
+            num_samples, message="Expected num_samples >= 1 in sample(num_samples, seed)."
+        )
+        with tf.control_dependencies([check]):
+            z = self.vae.prior_distribution().sample(num_samples, seed=stateless_seed(seed))
+        return {"images": self.decode(z)["images"]}
+
+    def reconstruct(self, images):
+        return {"images": _float32(self.vae(images, training=False))}
+
+    def elbo(self, images, seed):
+        posterior = self._posterior(images)
+        noise = tf.random.stateless_normal(tf.shape(posterior.mean()), seed=stateless_seed(seed))
+        z = reparameterized_sample(posterior, noise)
+        terms = elbo_terms(
+            images, self.vae.decode(z), posterior, self.vae.prior_distribution(), z
+        )
+        return {name: terms[name] for name in ENDPOINTS["elbo"]["outputs"]}
+
+
+def _input_signatures(vae) -> dict:
+    images = tf.TensorSpec((None, *vae.image_shape), tf.float32, name="images")
+    seed = tf.TensorSpec((), tf.int64, name="seed")
+    return {
+        "encode": [images],
+        "embed": [images],
+        "decode": [tf.TensorSpec((None, vae.latent_dim), tf.float32, name="z")],
+        "sample": [tf.TensorSpec((), tf.int32, name="num_samples"), seed],
+        "reconstruct": [images],
+        "elbo": [images, seed],
+    }
+
+
+def export_metadata(vae, extra: dict | None = None) -> dict:
+    """What a consumer of the export needs to know, as written to `assets.extra/tfvae.json`.
+
+    Args:
+        vae: the `tfvae.VAE` being exported.
+        extra: optional JSON-serializable entries added to (or overriding) the defaults, e.g.
+            `{"dataset": "digits"}` or a `value_range` for Gaussian-likelihood data.
+
+    Returns:
+        A JSON-serializable dict.
+    """
+    is_bernoulli = isinstance(vae.likelihood, BernoulliLikelihood)
+    metadata = {
+        "format": "tfvae.saved_model",
+        "format_version": EXPORT_FORMAT_VERSION,
+        "tfvae_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "latent_dim": int(vae.latent_dim),
+        "image_shape": [int(d) for d in vae.image_shape],
+        "image_dtype": "float32",
+        # The Bernoulli likelihood scores gray levels in [0, 1] as pixel probabilities, so
+        # images need scaling to [0, 1] but no binarization. The Gaussian accepts any real
+        # values: the range is the training data's, which the model does not record.
+        "value_range": [0.0, 1.0] if is_bernoulli else None,
+        "expects_binarized_images": False,
+        "likelihood": likelihood_name(vae.likelihood) or type(vae.likelihood).__name__,
+        "likelihood_parameters": "logits" if is_bernoulli else "mean",
+        "prior": next(
+            (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
+            type(vae.prior).__name__,
+        ),
+        "serving_default": "reconstruct",
+        "endpoints": ENDPOINTS,
+        "elbo_noise": "tf.random.stateless_normal([batch, latent_dim], "
+        "seed=tf.bitcast(tf.cast(seed, tf.int64), tf.int32))",
+    }
+    metadata.update(extra or {})
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Reads the metadata of an export written by `export_saved_model`.
+
+    Args:
+        path: the SavedModel directory.
+
+    Returns:
+        The dict of `export_metadata`.
+
+    Raises:
+        FileNotFoundError: `path` holds no tfvae metadata (not a tfvae export).
+    """
+    metadata_file = Path(path) / METADATA_PATH
+    if not metadata_file.is_file():
+        raise FileNotFoundError(
+            f"Expected a SavedModel written by tfvae.export_saved_model, with {METADATA_PATH}. "
+            f"Received: '{path}', which has no such file."
+        )
+    return json.loads(metadata_file.read_text())
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"Expected a new export path. Received: '{path}', which already exists; pass "
+            "overwrite=True (tfvae export --overwrite) to replace it (nothing was changed)."
+        )
+    replaceable = path.is_dir() and not path.is_symlink() and (
+        (path / "saved_model.pb").is_file() or not any(path.iterdir())
+    )
+    if not replaceable:
+        raise FileExistsError(
+            "Expected the path to overwrite to be a SavedModel directory (or an empty one). "
+            f"Received: '{path}', which is not; refusing to replace it (nothing was changed)."
+        )
+
+
+def _temporary_sibling(path: Path, role: str) -> Path:
+    """Creates a new empty directory `.NAME.<random>.ROLE` beside `path` (umask permissions)."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.{role}"
+        with contextlib.suppress(FileExistsError):
+            candidate.mkdir()
+            return candidate
+
+
+@contextlib.contextmanager
+def _atomic_directory(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yields an empty temporary directory beside `path`; moves it onto `path` on success.
+
+    With `overwrite`, the previous directory is moved aside first and deleted only once the new
+    one is in place; if anything fails, it is moved back. Nothing temporary survives.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = _temporary_sibling(path, "tmp")
+    previous = None
+    try:
+        yield staging
+        _check_target(path, overwrite)  # again: something may have appeared meanwhile
+        if path.exists():
+            previous = _temporary_sibling(path, "old")
+            os.replace(path, previous)
+        _move_into_place(staging, path)
+    except BaseException:
+        if previous is not None and not path.exists():
+            os.replace(previous, path)
+            previous = None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    # One rename within one directory: atomic on POSIX. (A function of its own so that tests
+    # can make this last step fail.)
+    os.replace(source, target)
+
+
+def _write_metadata(directory: Path, metadata: dict) -> None:
+    metadata_file = directory / METADATA_PATH
+    metadata_file.parent.mkdir(parents=True, exist_ok=True)
+    metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def export_saved_model(
+    vae, path: str | os.PathLike, overwrite: bool = False, metadata: dict | None = None
+) -> Path:
+    """Exports `vae` as a SavedModel that TensorFlow alone can load and serve.
+
+    Endpoints (each a `tf.function` whose batch dimension is None; every output is a dict of
+    float32 tensors, so `saved_model_cli show --all` and TF Serving see named inputs and outputs;
+    B is the batch size, D the latent size, [H, W, C] the image shape):
+
+    - `encode(images [B, H, W, C])` -> `{"loc": [B, D], "scale": [B, D]}`, the posterior q(z|x);
+    - `embed(images)` -> `{"embedding": [B, D]}`, the posterior mean;
+    - `decode(z [B, D])` -> `{"images": [B, H, W, C], "parameters": [B, H, W, C]}`, the
+      likelihood's mean image and its raw parameters (logits for Bernoulli, the mean for
+      Gaussian);
+    - `sample(num_samples int32 [], seed int64 [])` -> `{"images": [n, H, W, C]}`, the mean images
+      of z drawn from the prior with stateless random ops: the same seed gives the same images;
+    - `reconstruct(images)` -> `{"images": [B, H, W, C]}`, the mean reconstruction (`vae(images)`);
+    - `elbo(images, seed int64 [])` -> `{"elbo", "reconstruction", "kl"}`, each `[B]`: the
+      single-sample ELBO with posterior noise `tf.random.stateless_normal([B, D],
+      seed=stateless_seed(seed))` instead of the model's stateful SeedGenerator, so a given seed
+      gives the same value every time (the model's `compute_elbo_terms` with that noise);
+    - `serving_default` = `reconstruct`.
+
+    The metadata (`export_metadata`) is written to `PATH/assets.extra/tfvae.json`.
+
+    Args:
+        vae: a `tfvae.VAE` (built, as every VAE is).
+        path: str or Path. The SavedModel directory to create.
+        overwrite: bool. Replace an existing export at `path`. The old export stays in place
+            until the new one is complete.
+        metadata: optional dict of JSON-serializable entries added to the metadata.
+
+    Returns:
+        `Path(path)`.
+
+    Raises:
+        ValueError: `vae` is not a `tfvae.VAE`, or `metadata` is not JSON-serializable.
+        FileExistsError: `path` exists and `overwrite` is False, or `path` is not a SavedModel
+            directory (nor an empty one) that could be replaced.
+    """
+    if not isinstance(vae, VAE):
+        raise ValueError(f"Expected a tfvae.VAE to export. Received: {type(vae).__name__}")
+    path = Path(path)
+    target = Path(os.path.abspath(path))  # so that ".", "exports/" and the like have a parent
+    _check_target(target, overwrite)
+    metadata = export_metadata(vae, metadata)
+    try:
+        json.dumps(metadata)
+    except TypeError as error:
+        raise ValueError(f"Expected JSON-serializable metadata. Received: {error}") from None
+
+    archive = keras.export.ExportArchive()
+    archive.track(vae)
+    endpoints = _Endpoints(vae)
+    signatures = _input_signatures(vae)
+    # `reconstruct` first: ExportArchive makes the first endpoint `serving_default`.
+    for name in ("reconstruct", "encode", "embed", "decode", "sample", "elbo"):
+        archive.add_endpoint(name, getattr(endpoints, name), input_signature=signatures[name])
+    with _atomic_directory(target, overwrite) as staging:
+        archive.write_out(str(staging), verbose=False)
+        _write_metadata(staging, metadata)
+    return path
