@@ -41,7 +41,7 @@ def _add_train_command(subparsers) -> None:
         "sample and reconstruction grids and the final metrics. With no arguments it trains on "
         "scikit-learn's built-in 8x8 digits, offline.",
     )
-    parser.add_argument("--dataset", default=defaults.dataset, help="data source (default: %(default)s)")
+    parser.add_argument("--dataset", default=defaults.dataset, help="digits (built in), a tensorflow-datasets name such as mnist, or a path: .npz/.npy, IDX file, image folder (default: %(default)s)")
     parser.add_argument("--latent-dim", type=_positive_int, default=defaults.latent_dim, help="size of z (default: %(default)s)")
     parser.add_argument("--filters", type=_int_list, default=defaults.filters, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")
     parser.add_argument("--hidden-units", type=_positive_int, default=defaults.hidden_units, help="width of an extra dense layer in encoder and decoder (default: none)")

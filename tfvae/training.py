@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 
 from tfvae.callbacks import SaveLastGoodModel
-from tfvae.data import load_digits
+from tfvae.data import load
 from tfvae.files import write_json_atomic
 from tfvae.images import image_grid, interleave_pairs, save_png
 from tfvae.models import build_conv_vae
@@ -46,13 +46,11 @@ class TrainConfig:
             raise ValueError(
                 f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}"
             )
-        if self.dataset != "digits":
-            raise ValueError(f"Unknown dataset '{self.dataset}'. Expected one of ['digits'].")
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    return Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory (a path's last part)."""
+    return Path("runs") / f"{Path(config.dataset).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -92,17 +90,20 @@ def train(config: TrainConfig, verbose="auto") -> dict:
         "seconds"}`.
 
     Raises:
-        ValueError: a bad configuration.
+        ValueError: a bad configuration or dataset (see `tfvae.data.load`).
+        FileNotFoundError: a dataset path that does not exist, or tfds data not prepared
+            without network.
         FileExistsError: the run directory already holds files.
     """
+    # The data first: a bad --dataset must not leave an empty run directory behind.
+    splits = load(config.dataset, batch_size=config.batch_size, seed=config.seed)
     run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
     config = dataclasses.replace(config, run_dir=str(run_dir))
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
 
     keras.utils.set_random_seed(config.seed)
-    (train_images, _), (validation_images, _) = load_digits(seed=config.seed)
     vae = build_conv_vae(
-        train_images.shape[1:],
+        splits.image_shape,
         config.latent_dim,
         filters=config.filters,
         hidden_units=config.hidden_units,
@@ -114,10 +115,9 @@ def train(config: TrainConfig, verbose="auto") -> dict:
     saver = SaveLastGoodModel(run_dir / "model.keras")
     started = time.perf_counter()
     history = vae.fit(
-        train_images,
-        validation_data=validation_images,
+        splits.train,
+        validation_data=splits.validation,
         epochs=config.epochs,
-        batch_size=config.batch_size,
         callbacks=[keras.callbacks.TerminateOnNaN(), saver],
         verbose=verbose,
     )
@@ -127,7 +127,7 @@ def train(config: TrainConfig, verbose="auto") -> dict:
         # Pictures and metrics of the last good model, the one on disk.
         vae = keras.models.load_model(run_dir / "model.keras")
         save_png(run_dir / "samples.png", image_grid(vae.sample(GRID_SIZE, seed=config.seed), scale=4))
-        originals = validation_images[: GRID_SIZE // 2]
+        originals, _ = splits.validation_examples(GRID_SIZE // 2, seed=config.seed)
         pairs = interleave_pairs(originals, vae.reconstruct(originals))
         save_png(run_dir / "reconstructions.png", image_grid(pairs, columns=8, scale=4))
     last_good_epoch = saver.saved_epochs - 1
@@ -140,8 +140,8 @@ def train(config: TrainConfig, verbose="auto") -> dict:
         "train": {k: _finite_float(v) for k, v in last.items() if not k.startswith("val_")},
         "validation": {k[4:]: _finite_float(v) for k, v in last.items() if k.startswith("val_")},
         "seconds": round(seconds, 2),
-        "num_train_examples": int(len(train_images)),
-        "num_validation_examples": int(len(validation_images)),
+        "num_train_examples": splits.num_train,
+        "num_validation_examples": splits.num_validation,
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
