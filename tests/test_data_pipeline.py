@@ -124,6 +124,8 @@ def test_cache_modes_give_the_same_data(tmp_path):
         ({"batch_size": 0}, "batch_size to be an integer >= 1"),
         ({"validation_fraction": 1.5}, "validation_fraction in \\(0, 1\\)"),
         ({"cache": ""}, "cache to be 'auto'"),
+        ({"max_cache_bytes": -1}, "max_cache_bytes to be an integer >= 0"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer to be an integer >= 1"),
     ],
 )
 def test_bad_options_are_refused(options, message):

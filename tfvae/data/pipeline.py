@@ -70,7 +70,10 @@ class DataSplits:
         return images.numpy(), (labels.numpy() if self.has_labels else None)
 
 
-def _check_options(binarize, threshold, image_size, channels, batch_size, cache, shuffle_buffer):
+def _check_options(
+    binarize, threshold, image_size, channels, batch_size, validation_fraction, cache,
+    max_cache_bytes, shuffle_buffer,
+):
     if binarize not in preprocessing.BINARIZE_MODES:
         raise ValueError(
             f"Expected binarize to be one of {list(preprocessing.BINARIZE_MODES)}. "
@@ -94,6 +97,17 @@ def _check_options(binarize, threshold, image_size, channels, batch_size, cache,
     for name, value in (("batch_size", batch_size), ("shuffle_buffer", shuffle_buffer)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+    if not isinstance(validation_fraction, (int, float)) or not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            "Expected validation_fraction in (0, 1). "
+            f"Received: validation_fraction={validation_fraction!r}"
+        )
+    if isinstance(max_cache_bytes, bool) or not isinstance(max_cache_bytes, int) or (
+        max_cache_bytes < 0
+    ):
+        raise ValueError(
+            f"Expected max_cache_bytes to be an integer >= 0. Received: {max_cache_bytes!r}"
+        )
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if batch_size % replicas:
         raise ValueError(
@@ -264,7 +278,8 @@ def load(
     """
     if image_size is not None:
         image_size = tuple(image_size)
-    _check_options(binarize, threshold, image_size, channels, batch_size, cache, shuffle_buffer)
+    _check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
+                   cache, max_cache_bytes, shuffle_buffer)
     opened = open_source(
         source, data_dir, validation_fraction, seed, image_size is not None, channels
     )
