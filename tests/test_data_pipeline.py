@@ -12,7 +12,7 @@ from conftest import run_cli
 
 import tfvae
 from tfvae.data import add_data_arguments, load, load_from_arguments
-from tfvae.data.preprocessing import center_crop_and_resize
+from tfvae.data.preprocessing import center_crop, center_crop_and_resize
 
 GRAY = 0.3
 
@@ -94,6 +94,13 @@ def test_center_crop_and_resize_keeps_the_middle():
     np.testing.assert_allclose(center_crop_and_resize(image, (4, 8)).numpy(), image, atol=1e-6)
     tall = center_crop_and_resize(np.transpose(image, (1, 0, 2)), (4, 4)).numpy()
     np.testing.assert_allclose(tall, 1.0, atol=1e-6)
+
+
+def test_center_crop_takes_celeb_a_face_window():
+    image = np.arange(218 * 178, dtype=np.int32).reshape(218, 178, 1)
+    np.testing.assert_array_equal(center_crop(image, 148, 148).numpy(), image[35:183, 15:163])
+    np.testing.assert_array_equal(center_crop(image[:100, :50], 148, 148).numpy(),
+                                  image[:100, :50])
 
 
 def test_resize_and_channels_of_digits():
