@@ -223,3 +223,5 @@ def test_missing_path_is_refused(tmp_path):
         load(str(tmp_path / "missing.npz"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load("./no/such/folder")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load("t10k-images-idx3-ubyte")

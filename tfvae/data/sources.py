@@ -8,7 +8,7 @@ tensorflow-datasets sources live in `tfvae.data.tfds_source`.
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -402,12 +402,10 @@ def local_source(
     return idx_file_source(path, validation_fraction, seed)
 
 
+#: tensorflow-datasets names: `name`, `name/config`, `name:version`, `name/config:version`.
+_TFDS_NAME = re.compile(r"[a-z0-9_]+(/[a-zA-Z0-9_.\-]+)?(:[0-9.*]+)?")
+
+
 def looks_like_path(source: str) -> bool:
-    """Whether `source` names a file or folder rather than a dataset."""
-    return (
-        os.sep in source
-        or "/" in source
-        or source.startswith((".", "~"))
-        or Path(source).suffix.lower() in (".npz", ".npy", ".gz", *IMAGE_SUFFIXES)
-        or "idx" in source.lower()
-    )
+    """Whether `source` names a file or folder rather than a tensorflow-datasets dataset."""
+    return _TFDS_NAME.fullmatch(source) is None or "idx" in source
