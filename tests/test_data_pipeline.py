@@ -23,9 +23,11 @@ def epoch(dataset) -> np.ndarray:
 
 @pytest.fixture
 def gray_npy(tmp_path):
-    """200 float images 10x10 whose pixels are all 0.3."""
+    """200 float images 10x10 whose pixels are 0.3, but for one pixel that tells them apart."""
+    images = np.full((200, 10, 10), GRAY, np.float32)
+    images[:, 0, 0] = np.linspace(0.2, 0.4, 200)
     path = tmp_path / "gray.npy"
-    np.save(path, np.full((200, 10, 10), GRAY, np.float32))
+    np.save(path, images)
     return str(path)
 
 
@@ -77,6 +79,11 @@ def test_static_bernoulli_binarization_is_the_same_every_epoch(gray_npy):
     np.testing.assert_array_equal(
         epoch_1, epoch(load(gray_npy, batch_size=32, binarize="static", shuffle_buffer=1).train)
     )
+    # Shuffled: another order each epoch, the same binarized images.
+    shuffled = load(gray_npy, batch_size=32, binarize="static")
+    first, second = epoch(shuffled.train).reshape(180, -1), epoch(shuffled.train).reshape(180, -1)
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(np.unique(first, axis=0), np.unique(second, axis=0))
 
 
 def test_static_threshold_binarization(tmp_path):

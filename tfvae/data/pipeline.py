@@ -157,15 +157,14 @@ def _prepare_fn(source: Source, image_size, channels, binarize, threshold, seed,
     to [0, 1] happens per batch.
 
     Returns:
-        `(prepare, pixel_max)`: `prepare(index, (image, label)) -> (image, label)` and the
+        `(prepare, pixel_max)`: `prepare(image, label) -> (image, label)` and the
         white value of its output.
     """
     source_pixel_max = source.pixel_max
     fixed_sample = binarize == "dynamic" and stream == _VALIDATION_STREAM
     static = binarize == "static" or fixed_sample
 
-    def prepare(index, example):
-        image, label = example
+    def prepare(image, label):
         stored_dtype = image.dtype
         image = preprocessing.match_channels(image, channels)
         if source.crop is not None:
@@ -179,8 +178,12 @@ def _prepare_fn(source: Source, image_size, channels, binarize, threshold, seed,
             if threshold is not None and not fixed_sample:
                 image = preprocessing.threshold_binarize(unit, threshold)
             else:
-                # A seed per (stream, example): the same sample every epoch and every run.
-                example_seed = tf.stack([tf.constant(seed * 4 + stream, tf.int64), index])
+                # The seed comes from the image's content, not its position (tfds shuffles its
+                # files each epoch): the same image gets the same sample every epoch and run.
+                content_hash = tf.strings.to_hash_bucket_fast(
+                    tf.io.serialize_tensor(image), tf.int64.max
+                )
+                example_seed = tf.stack([tf.constant(seed * 4 + stream, tf.int64), content_hash])
                 image = preprocessing.bernoulli_binarize(unit, example_seed)
             image = tf.cast(image, tf.uint8)
         return image, label
@@ -289,7 +292,7 @@ def load(
         prepare, pixel_max = _prepare_fn(
             opened, image_size, channels, binarize, threshold, seed, stream
         )
-        dataset = split_examples.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = split_examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset, pixel_max
 
     train, train_pixel_max = prepared(opened.train, _TRAIN_STREAM)
