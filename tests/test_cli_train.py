@@ -60,7 +60,7 @@ def test_existing_run_directory_is_refused_and_kept(tmp_path, capsys):
     assert status == 2
     assert err.strip().splitlines() == [
         f"tfvae: error: Expected a new or empty run directory. Received: '{run_dir}', which "
-        "already holds files; choose another --run-dir (nothing was changed)."
+        "already holds files; choose another --run-dir, or continue it with --resume (nothing was changed)."
     ]
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 

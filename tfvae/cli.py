@@ -14,7 +14,13 @@ import os
 import sys
 from pathlib import Path
 
+from tfvae.data.arguments import add_data_arguments
+
 EXIT_USER_ERROR = 2
+#: The flags of `add_data_arguments`, which are TrainConfig fields of the same names.
+_DATA_SETTINGS = (
+    "dataset", "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -50,39 +56,52 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- train
-# Flags of `train` that map one to one onto TrainConfig fields. Their defaults are SUPPRESS, so
-# that only flags the user typed override the config file (or the resumed run's config).
+# Flags of `train` that map one to one onto TrainConfig fields (as do the data flags).
 _TRAIN_SETTINGS = (
-    ("--dataset", dict(help="data source: 'digits' (built in, offline), a tensorflow-datasets name, or a local file/folder (default: digits)")),
-    ("--data-dir", dict(help="tensorflow-datasets data directory")),
-    ("--binarize", dict(choices=["none", "static", "dynamic"], help="binarize images: none, static (once), dynamic (each epoch) (default: none)")),
-    ("--latent-dim", dict(type=_positive_int, help="size of z (default: 8)")),
+    ("--latent-dim", dict(type=_positive_int, help="size of z (default: %(default)s)")),
     ("--filters", dict(type=_int_list, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")),
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
-    ("--likelihood", dict(choices=["bernoulli", "gaussian"], help="p(x|z): bernoulli (data in [0, 1]) or gaussian (default: bernoulli)")),
-    ("--beta", dict(type=float, help="weight of the KL term (default: 1)")),
-    ("--epochs", dict(type=_positive_int, help="total epochs of the run; with --resume, where it ends (default: 30)")),
-    ("--batch-size", dict(type=_positive_int, help="global batch size (default: 64)")),
-    ("--learning-rate", dict(type=float, help="Adam learning rate (default: 0.001)")),
-    ("--seed", dict(type=int, help="random seed of weights, noise, shuffling and pictures (default: 0)")),
+    ("--likelihood", dict(choices=["bernoulli", "gaussian"], help="p(x|z): bernoulli (data in [0, 1]) or gaussian (default: %(default)s)")),
+    ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
+    ("--epochs", dict(type=_positive_int, help="total epochs of the run; with --resume, where it ends (default: %(default)s)")),
+    ("--batch-size", dict(type=_positive_int, help="global batch size (default: %(default)s)")),
+    ("--learning-rate", dict(type=float, help="Adam learning rate (default: %(default)s)")),
+    ("--seed", dict(type=int, help="random seed of weights, noise, shuffling and pictures (default: %(default)s)")),
     ("--run-dir", dict(help="where to write the run, new or empty (default: runs/<dataset>-<time>)")),
 )
 
 
 def _add_train_command(subparsers) -> None:
+    from tfvae.training import TrainConfig  # noqa: PLC0415
+
+    defaults = TrainConfig()
     parser = subparsers.add_parser(
         "train",
         help="train a VAE and write a run directory",
         description="Train a convolutional VAE and write a run directory: config.json, model.keras, "
         "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json and pictures. With no "
-        "arguments it trains on scikit-learn's built-in 8x8 digits, offline.",
+        "arguments it trains on scikit-learn's built-in 8x8 digits, offline. Settings come from "
+        "the defaults, then --config, then the flags typed here.",
+        allow_abbrev=False,  # typed flags are recognized by their full names (see _typed_settings)
     )
     parser.add_argument("--config", help="JSON or YAML file of settings (keys as the flags, e.g. latent_dim); flags given here override it")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after an interruption (its config.json; --epochs may raise the total)")
     for flag, options in _TRAIN_SETTINGS:
-        parser.add_argument(flag, default=argparse.SUPPRESS, **options)
+        parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_data_arguments(parser)
     parser.set_defaults(handler=_run_train)
+
+
+def _typed_settings(args) -> dict:
+    """The TrainConfig settings whose flags appear on the command line, with their parsed values."""
+    names = [flag[2:].replace("-", "_") for flag, _ in _TRAIN_SETTINGS] + list(_DATA_SETTINGS)
+    typed = {}
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        if any(token == flag or token.startswith(flag + "=") for token in args.command_line):
+            typed[name] = getattr(args, name)
+    return typed
 
 
 def resolve_train_config(args):
@@ -96,8 +115,7 @@ def resolve_train_config(args):
     """
     from tfvae.training import TrainConfig, load_run_config, read_config_file  # noqa: PLC0415
 
-    typed = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-             for flag, _ in _TRAIN_SETTINGS if hasattr(args, flag[2:].replace("-", "_"))}
+    typed = _typed_settings(args)
     if args.resume:
         if args.config:
             raise ValueError("Expected either --resume or --config. Received both: a resumed run keeps its own config.json.")
@@ -289,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Runs `tfvae`; returns the exit status (2 for a user error, with one line on stderr)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else [str(token) for token in argv]
     args = build_parser().parse_args(argv)
+    args.command_line = argv
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

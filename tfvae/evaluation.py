@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from tfvae.distributions import BernoulliLikelihood
-from tfvae.training import load_run_config, load_run_model
+from tfvae.training import load_data, load_run_config, load_run_model
 
 
 def bits_per_dim(nll_nats: float, image_shape, discrete: bool) -> float:
@@ -42,8 +42,8 @@ def evaluate_run(
     Args:
         run_dir: a run directory written by `tfvae train`.
         checkpoint: "last" or "best".
-        dataset, data_dir, binarize: the data (default: the run's own settings); the
-            validation/test split is scored.
+        dataset, data_dir, binarize: the data (default: the run's own settings, which also
+            give the image size and channels); the validation/test split is scored.
         num_samples: K importance samples per example.
         batch_size: examples per batch.
         max_examples: score only the first N examples.
@@ -60,15 +60,7 @@ def evaluate_run(
     """
     config = load_run_config(run_dir)
     vae = load_run_model(run_dir, checkpoint)
-    from tfvae.data import load  # noqa: PLC0415
-
-    data = load(
-        dataset or config.dataset,
-        batch_size=batch_size,
-        data_dir=data_dir if data_dir is not None else config.data_dir,
-        binarize=binarize or config.binarize,
-        seed=config.seed,
-    )
+    data = load_data(config, dataset=dataset, data_dir=data_dir, binarize=binarize, batch_size=batch_size)
     held_out = data.validation
     if max_examples:
         held_out = held_out.unbatch().take(max_examples).batch(batch_size)

@@ -34,6 +34,8 @@ from tfvae.callbacks import (
     MetricsCSVLogger,
     read_metrics_csv,
 )
+from tfvae.data import load
+from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -50,9 +52,9 @@ class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the run directory.
 
     Attributes:
-        dataset: str. A data source for `tfvae.data.load` (default: the built-in digits).
-        data_dir: str or None. Where tensorflow-datasets keeps prepared data.
-        binarize: str. "none", "static" or "dynamic" (see `tfvae.data.load`).
+        dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
+            cache, shuffle_buffer: the data, as the arguments of `tfvae.data.load` (default:
+            the built-in digits, as stored).
         latent_dim: int. The size of z.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
@@ -68,6 +70,12 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     binarize: str = "none"
+    threshold: float | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    validation_fraction: float = 0.1
+    cache: str = "auto"
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = None
@@ -81,6 +89,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.filters = tuple(self.filters)
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)
         for name in ("epochs", "batch_size", "latent_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -139,7 +149,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 def default_run_dir(config: TrainConfig) -> Path:
     """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    name = Path(config.dataset).name or "data"
+    name = Path(config.dataset).stem or "data"
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -193,16 +203,23 @@ def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
     return keras.models.load_model(path)
 
 
-def _load_data(config: TrainConfig):
-    from tfvae.data import load  # noqa: PLC0415 (the data module imports tensorflow-datasets)
+#: The TrainConfig fields that are arguments of `tfvae.data.load`.
+DATA_FIELDS = (
+    "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
+)
 
-    return load(
-        config.dataset,
-        batch_size=config.batch_size,
-        data_dir=config.data_dir,
-        binarize=config.binarize,
-        seed=config.seed,
-    )
+
+def load_data(config: TrainConfig, **overrides):
+    """`tfvae.data.load` with the run's data settings (and `overrides`, e.g. another batch size).
+
+    Raises:
+        ValueError, FileNotFoundError: see `tfvae.data.load`.
+    """
+    settings = {name: getattr(config, name) for name in DATA_FIELDS}
+    settings.update(batch_size=config.batch_size, seed=config.seed)
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    source = settings.pop("dataset", config.dataset)
+    return load(source, **settings)
 
 
 def _finite_or_none(value) -> float | None:
@@ -253,15 +270,16 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         FileNotFoundError: `resume` of a directory that is not a run.
     """
     if resume:
+        load_run_config(config.run_dir)  # raises unless it is a run directory
+    # The data first: a bad source must not leave an empty run directory behind.
+    keras.utils.set_random_seed(config.seed)
+    data = load_data(config)
+    if resume:
         run_dir = Path(config.run_dir)
-        load_run_config(run_dir)  # raises unless it is a run directory
     else:
         run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
         config = dataclasses.replace(config, run_dir=str(run_dir))
     write_json_atomic(run_dir / CONFIG_FILE, dataclasses.asdict(config))
-
-    keras.utils.set_random_seed(config.seed)
-    data = _load_data(config)
     preview_images, preview_labels = data.validation_examples(min(GRID_SIZE * 4, data.num_validation or GRID_SIZE * 4), seed=config.seed)
 
     previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume else []
@@ -304,6 +322,7 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         initial_epoch=initial_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the training dataset reshuffles itself every epoch
     )
     seconds = time.perf_counter() - started
 

@@ -23,7 +23,8 @@ def load_digits(validation_fraction: float = 0.2, seed: int = 0):
     """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(
-            f"Expected validation_fraction in (0, 1). Received: validation_fraction={validation_fraction}"
+            "Expected validation_fraction in (0, 1). "
+            f"Received: validation_fraction={validation_fraction}"
         )
     from sklearn.datasets import load_digits as sklearn_load_digits  # noqa: PLC0415 (slow import)
 
