@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import tensorflow as tf
+
 from tfvae.distributions import BernoulliLikelihood
 from tfvae.training import load_data, load_run_config, load_run_model
 
@@ -64,6 +66,9 @@ def evaluate_run(
     held_out = data.validation
     if max_examples:
         held_out = held_out.unbatch().take(max_examples).batch(batch_size)
+        if data.num_validation is not None:
+            count = min(max_examples, data.num_validation)
+            held_out = held_out.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
     vae.check_data(held_out, "the evaluation data")
     elbo = vae.evaluate(held_out, verbose=0, return_dict=True)["elbo"]
     nll = vae.importance_weighted_nll(held_out, num_samples=num_samples, seed=seed, verbose=verbose)
