@@ -493,7 +493,9 @@ class VAE(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, after checking `x` (see `check_data`)."""
-        self.check_data(x, "x")
+        # fit() calls evaluate() for its validation data every epoch; fit checked it already.
+        if not kwargs.get("_use_cached_eval_dataset"):
+            self.check_data(x, "x")
         return super().evaluate(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ serialization
