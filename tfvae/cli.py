@@ -53,7 +53,31 @@ def _add_train_command(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<time>); must be new or empty")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_distribution_flags(parser)
     parser.set_defaults(handler=_run_train)
+
+
+def _add_distribution_flags(parser) -> None:
+    from tfvae.distribute import MIXED_PRECISION_POLICIES, STRATEGY_NAMES  # noqa: PLC0415
+
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="default",
+        help="tf.distribute strategy: mirrored = all local GPUs, multi_worker = the machines "
+        "in TF_CONFIG (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_POLICIES,
+        default=None,
+        help="compute layers in float16/bfloat16; likelihood, KL and loss stay float32",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile the train step with XLA (strategies default and one_device only)",
+    )
 
 
 def _run_train(args) -> int:
@@ -71,6 +95,9 @@ def _run_train(args) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         run_dir=args.run_dir,
+        strategy=args.strategy,
+        mixed_precision=args.mixed_precision,
+        jit_compile=args.jit_compile,
     )
     metrics = train(config, verbose=0 if args.quiet else "auto")
     print(json.dumps(metrics, indent=2))

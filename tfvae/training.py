@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 
+from tfvae import distribute
 from tfvae.callbacks import SaveLastGoodModel
 from tfvae.data import load_digits
 from tfvae.files import write_json_atomic
@@ -35,9 +36,13 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     run_dir: str | None = None
+    strategy: str = "default"
+    mixed_precision: str | None = None
+    jit_compile: bool = False
 
     def __post_init__(self):
         self.filters = tuple(self.filters)
+        distribute.check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -95,22 +100,31 @@ def train(config: TrainConfig, verbose="auto") -> dict:
         ValueError: a bad configuration.
         FileExistsError: the run directory already holds files.
     """
-    run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
-    config = dataclasses.replace(config, run_dir=str(run_dir))
+    with distribute.DistributedJob(config.strategy, config.mixed_precision) as job:
+        return _train(config, job, verbose)
+
+
+def _train(config: TrainConfig, job: distribute.DistributedJob, verbose) -> dict:
+    requested_run_dir = config.run_dir or default_run_dir(config)
+    config = dataclasses.replace(config, run_dir=str(requested_run_dir))
+    run_dir = job.output_dir(requested_run_dir, prepare_run_dir, dataclasses.asdict(config))
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
 
     keras.utils.set_random_seed(config.seed)
     (train_images, _), (validation_images, _) = load_digits(seed=config.seed)
-    vae = build_conv_vae(
-        train_images.shape[1:],
-        config.latent_dim,
-        filters=config.filters,
-        hidden_units=config.hidden_units,
-        likelihood=config.likelihood,
-        beta=config.beta,
-        seed=config.seed,
-    )
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    with job.scope():
+        vae = build_conv_vae(
+            train_images.shape[1:],
+            config.latent_dim,
+            filters=config.filters,
+            hidden_units=config.hidden_units,
+            likelihood=config.likelihood,
+            beta=config.beta,
+            seed=config.seed,
+        )
+        vae.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile
+        )
     saver = SaveLastGoodModel(run_dir / "model.keras")
     started = time.perf_counter()
     history = vae.fit(
@@ -118,7 +132,7 @@ def train(config: TrainConfig, verbose="auto") -> dict:
         validation_data=validation_images,
         epochs=config.epochs,
         batch_size=config.batch_size,
-        callbacks=[keras.callbacks.TerminateOnNaN(), saver],
+        callbacks=[keras.callbacks.TerminateOnNaN(), saver, *job.callbacks()],
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
@@ -134,7 +148,8 @@ def train(config: TrainConfig, verbose="auto") -> dict:
     last = {k: v[last_good_epoch] for k, v in history.history.items()} if saver.saved_epochs else {}
     metrics = {
         "run_dir": str(run_dir),
-        "epochs_completed": saver.saved_epochs,
+        # After a multi-worker restart, fit resumed at history.epoch[0] (BackupAndRestore).
+        "epochs_completed": (history.epoch[0] if history.epoch else 0) + saver.saved_epochs,
         "epochs_requested": config.epochs,
         "stopped_on_nan": len(history.history.get("loss", [])) > saver.saved_epochs,
         "train": {k: _finite_float(v) for k, v in last.items() if not k.startswith("val_")},
