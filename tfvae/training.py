@@ -150,6 +150,7 @@ def _train(config: TrainConfig, job: distribute.DistributedJob, verbose) -> dict
         "run_dir": str(run_dir),
         # After a multi-worker restart, fit resumed at history.epoch[0] (BackupAndRestore).
         "epochs_completed": (history.epoch[0] if history.epoch else 0) + saver.saved_epochs,
+        "resumed_at_epoch": history.epoch[0] if history.epoch else 0,
         "epochs_requested": config.epochs,
         "stopped_on_nan": len(history.history.get("loss", [])) > saver.saved_epochs,
         "train": {k: _finite_float(v) for k, v in last.items() if not k.startswith("val_")},
