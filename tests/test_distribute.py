@@ -152,6 +152,12 @@ def test_one_step_under_mirrored_equals_one_device(replicas, batch_size):
         np.testing.assert_allclose(
             result["mirrored_logs"][name], result["single_logs"][name], rtol=1e-5, atol=1e-5
         )
+    # tfvae's own draw_noise: every replica draws its own noise (the generator's state is
+    # mirrored, so without folding in the replica id they would all draw the same numbers).
+    draws = [np.array(draw) for draw in result["replica_draws"]]
+    assert len(draws) == replicas and all(draw.shape == (4, 3) for draw in draws)
+    for index in range(1, replicas):
+        assert np.max(np.abs(draws[index] - draws[0])) > 0.1
 
 
 @pytest.mark.slow
@@ -165,14 +171,6 @@ def test_loss_curves_under_two_replicas_match_one_device():
     # tolerance: 1% per epoch, on the training and the validation loss.
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=0.01)
     np.testing.assert_allclose(mirrored["val_loss"], single["val_loss"], rtol=0.01)
-
-
-@pytest.mark.slow
-def test_replicas_draw_independent_posterior_noise():
-    result = run_script("mirrored_checks.py", "noise", "--replicas", 2)
-    first, second = (np.array(draw) for draw in result["replica_draws"])
-    assert first.shape == second.shape == (4, 3)
-    assert np.max(np.abs(first - second)) > 0.1
 
 
 @pytest.mark.slow
@@ -282,7 +280,7 @@ def test_cli_multi_worker_writes_only_the_chiefs_run_and_survives_a_worker_resta
     run_dir = tmp_path / "run"
     worker_tmp = tmp_path / "tmp"  # TMPDIR of both processes: worker files must not stay
     worker_tmp.mkdir()
-    epochs = 6
+    epochs = 4
     command = [
         sys.executable, "-m", "tfvae", "train", "--strategy", "multi_worker", "--run-dir",
         str(run_dir), "--epochs", str(epochs), "--batch-size", "32", "--latent-dim", "2",
@@ -298,19 +296,19 @@ def test_cli_multi_worker_writes_only_the_chiefs_run_and_survives_a_worker_resta
     processes = [start(0), start(1)]
     restarts = [0, 0]
     try:
-        # Kill worker 1 once its own backup holds a finished epoch >= 2, in the next epoch.
+        # Kill worker 1 once its own backup holds a finished epoch, early in the next epoch.
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            backups = list(worker_tmp.glob("tfvae-backup-*-worker-1/training_metadata.json"))
+            backups = list(worker_tmp.glob("tfvae-worker-*-worker-1/backup/training_metadata.json"))
             try:
-                if backups and json.loads(backups[0].read_text())["epoch"] >= 2:
+                if backups and json.loads(backups[0].read_text())["epoch"] >= 1:
                     break
             except (OSError, ValueError):
                 pass
             assert processes[1].poll() is None, logs[1].read_text()[-3000:]
             time.sleep(0.05)
         else:
-            pytest.fail("worker 1 never finished epoch 2:\n" + logs[1].read_text()[-3000:])
+            pytest.fail("worker 1 never finished epoch 1:\n" + logs[1].read_text()[-3000:])
         processes[1].send_signal(signal.SIGKILL)
         processes[1].wait()
         processes[1] = start(1)
@@ -337,7 +335,8 @@ def test_cli_multi_worker_writes_only_the_chiefs_run_and_survives_a_worker_resta
     outputs = [parse_metrics(log.read_text()) for log in logs]
     chief, worker = outputs
     assert chief["epochs_completed"] == worker["epochs_completed"] == epochs
-    assert chief["resumed_at_epoch"] >= 2 and worker["resumed_at_epoch"] >= 2
+    # Both resumed from their backups (at the same epoch, or the collectives would not match).
+    assert chief["resumed_at_epoch"] == worker["resumed_at_epoch"] >= 1
     assert chief["train"] == worker["train"]  # the same model trained on both
     assert chief["run_dir"] == str(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [

@@ -6,7 +6,6 @@ See the README's "Distributed training" section for the multi-GPU and several-ma
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -339,7 +338,6 @@ def _same_config(saved_path: Path, config: dict) -> bool:
     }
 
 
-@dataclasses.dataclass
 class DistributedJob:
     """One process's part of a training run: its strategy, precision and where it writes.
 
@@ -348,12 +346,14 @@ class DistributedJob:
 
     Only the chief writes the run directory. Other workers of a multi-worker job run exactly the
     same code (every collective must happen on every worker) but write into a temporary
-    directory. Under `multi_worker` every process also keeps a `keras.callbacks.BackupAndRestore`
-    state: the chief in `<run_dir>/backup`, worker i in a fixed temporary directory; a process
-    restarted with the same command resumes from it, and the state is removed when `fit` ends.
+    directory, `$TMPDIR/tfvae-worker-<hash of run_dir>-<task>/run`. Under `multi_worker` every
+    process also keeps a `keras.callbacks.BackupAndRestore` state: the chief in
+    `<run_dir>/backup`, the others beside their temporary run; a process restarted with the same
+    command resumes from it, and the state is removed when `fit` ends.
 
     Args:
-        strategy_name: str. One of `STRATEGY_NAMES`, passed to `get_strategy`.
+        strategy_name: str. One of `STRATEGY_NAMES`, passed to `get_strategy`. The strategy is
+            created here, first: `multi_worker` must come before other TensorFlow operations.
         mixed_precision: None, `"mixed_float16"` or `"mixed_bfloat16"`.
         **strategy_options: passed to `get_strategy` (`devices`, `num_cpu_devices`, `tpu`).
 
@@ -361,19 +361,15 @@ class DistributedJob:
         ValueError: see `get_strategy` and `check_mixed_precision`.
     """
 
-    strategy_name: str = "default"
-    mixed_precision: str | None = None
-    strategy_options: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        check_mixed_precision(self.mixed_precision)
-        # First, before other TensorFlow operations: MultiWorkerMirroredStrategy requires it.
-        self.strategy = get_strategy(self.strategy_name, **self.strategy_options)
+    def __init__(self, strategy_name: str = "default", mixed_precision: str | None = None,
+                 **strategy_options):
+        self._policy = dtype_policy(mixed_precision)  # checks the name; entered in __enter__
+        self.strategy = get_strategy(strategy_name, **strategy_options)
         self.is_chief = is_chief(self.strategy)
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._worker_dir: Path | None = None
         self._temporary_dir: Path | None = None
         self._backup_dir: Path | None = None
-        self._policy = dtype_policy(self.mixed_precision)
 
     def __enter__(self) -> DistributedJob:
         self._policy.__enter__()
@@ -382,6 +378,8 @@ class DistributedJob:
     def __exit__(self, *exc_info):
         if self._temporary_dir is not None:
             shutil.rmtree(self._temporary_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # still holds the backup if fit did not finish
+                self._worker_dir.rmdir()
         return self._policy.__exit__(*exc_info)
 
     def scope(self):
@@ -399,25 +397,32 @@ class DistributedJob:
         Returns:
             On the chief: `run_dir`, prepared by `prepare`, or as it is when it holds the backup
             of an interrupted multi-worker run with the same configuration (which resumes).
-            Elsewhere: a new temporary directory, removed when the job ends.
+            Elsewhere: an emptied temporary directory, removed when the job ends.
 
         Raises:
             FileExistsError: `run_dir` holds files (other than a resumable run).
         """
         run_dir = Path(run_dir)
-        if self.multi_worker:
-            if self.is_chief:
-                self._backup_dir = run_dir / "backup"
-            else:
-                resolver = self.strategy.cluster_resolver
-                digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
-                self._backup_dir = Path(tempfile.gettempdir()) / (
-                    f"tfvae-backup-{digest}-{resolver.task_type}-{resolver.task_id}"
-                )
         if not self.is_chief:
-            self._temporary_dir = Path(tempfile.mkdtemp(prefix="tfvae-worker-run-"))
+            # A fixed place per run and task, so that a restarted worker finds its backup and
+            # replaces what a killed attempt left behind.
+            resolver = self.strategy.cluster_resolver
+            digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+            self._worker_dir = Path(tempfile.gettempdir()) / (
+                f"tfvae-worker-{digest}-{resolver.task_type}-{resolver.task_id}"
+            )
+            self._temporary_dir = self._worker_dir / "run"
+            shutil.rmtree(self._temporary_dir, ignore_errors=True)
+            self._temporary_dir.mkdir(parents=True)
+            self._backup_dir = self._worker_dir / "backup"
             return self._temporary_dir
-        if self.multi_worker and (self._backup_dir / BACKUP_METADATA_FILE).exists():
+        if not self.multi_worker:
+            return prepare(run_dir)
+        self._backup_dir = run_dir / "backup"
+        # A restarted chief finds its run: a backup, or only what precedes the first backup.
+        leftovers = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
+        backed_up = (self._backup_dir / BACKUP_METADATA_FILE).exists()
+        if backed_up or (leftovers and leftovers <= {"config.json", "backup"}):
             if not _same_config(run_dir / "config.json", config):
                 raise FileExistsError(
                     f"Expected '{run_dir}' to hold an interrupted run with the same configuration "
