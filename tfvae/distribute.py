@@ -432,6 +432,12 @@ class DistributedJob:
             return run_dir
         return prepare(run_dir)
 
+    @property
+    def backup_dir(self) -> Path | None:
+        """Where this process keeps its BackupAndRestore state (set by `output_dir`; None
+        outside a multi-worker job)."""
+        return self._backup_dir
+
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """Callbacks the job needs in `fit`: `BackupAndRestore` under `multi_worker`."""
         if self._backup_dir is None:
