@@ -178,7 +178,7 @@ def test_bad_config_files(tmp_path, capsys, content, message):
 
 def test_resume_refuses_other_settings_and_extends_a_finished_run(latent_2d_run, tmp_path, capsys):
     status, _, err = _main(capsys, "train", "--resume", latent_2d_run, "--latent-dim", "4")
-    assert status == 2 and "Expected only --epochs to change when resuming" in err
+    assert status == 2 and "Expected only ['epochs', 'jit_compile', 'mixed_precision', 'strategy'] to change when resuming" in err
     status, _, err = _main(capsys, "train", "--resume", tmp_path)
     assert status == 2 and "Expected a tfvae run directory with config.json" in err
 

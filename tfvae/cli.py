@@ -17,6 +17,8 @@ from pathlib import Path
 from tfvae.data.arguments import add_data_arguments
 
 EXIT_USER_ERROR = 2
+#: Settings that may change when a run is resumed: how long and how it runs, not what it trains.
+_RESUMABLE_SETTINGS = ("epochs", "strategy", "mixed_precision", "jit_compile")
 #: The flags of `add_data_arguments`, which are TrainConfig fields of the same names.
 _DATA_SETTINGS = (
     "dataset", "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
@@ -85,17 +87,42 @@ def _add_train_command(subparsers) -> None:
         allow_abbrev=False,  # typed flags are recognized by their full names (see _typed_settings)
     )
     parser.add_argument("--config", help="JSON or YAML file of settings (keys as the flags, e.g. latent_dim); flags given here override it")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after an interruption (its config.json; --epochs may raise the total)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after an interruption (its config.json; --epochs may raise the total; --strategy, --mixed-precision, --jit-compile may change)")
     for flag, options in _TRAIN_SETTINGS:
         parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_data_arguments(parser)
+    _add_distribution_flags(parser)
     parser.set_defaults(handler=_run_train)
+
+
+def _add_distribution_flags(parser) -> None:
+    from tfvae.distribute import MIXED_PRECISION_POLICIES, STRATEGY_NAMES  # noqa: PLC0415
+
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="default",
+        help="tf.distribute strategy: mirrored = all local GPUs, multi_worker = the machines "
+        "in TF_CONFIG (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_POLICIES,
+        default=None,
+        help="compute layers in float16/bfloat16; likelihood, KL and loss stay float32",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile the train step with XLA (strategies default and one_device only)",
+    )
 
 
 def _typed_settings(args) -> dict:
     """The TrainConfig settings whose flags appear on the command line, with their parsed values."""
     names = [flag[2:].replace("-", "_") for flag, _ in _TRAIN_SETTINGS] + list(_DATA_SETTINGS)
+    names += ["strategy", "mixed_precision", "jit_compile"]
     typed = {}
     for name in names:
         flag = "--" + name.replace("_", "-")
@@ -120,11 +147,13 @@ def resolve_train_config(args):
         if args.config:
             raise ValueError("Expected either --resume or --config. Received both: a resumed run keeps its own config.json.")
         base = load_run_config(args.resume)
-        changed = sorted(key for key, value in typed.items() if key != "epochs" and value != getattr(base, key))
+        changed = sorted(
+            key for key, value in typed.items() if key not in _RESUMABLE_SETTINGS and value != getattr(base, key)
+        )
         if changed:
             raise ValueError(
-                f"Expected only --epochs to change when resuming. Received changes to {changed}; "
-                "start a new run for other settings."
+                f"Expected only {sorted(_RESUMABLE_SETTINGS)} to change when resuming. Received "
+                f"changes to {changed}; start a new run for other settings."
             )
         return dataclasses.replace(base, **typed)
     values = read_config_file(args.config) if args.config else {}

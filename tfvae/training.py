@@ -26,7 +26,7 @@ from pathlib import Path
 
 import keras
 
-from tfvae import pictures
+from tfvae import distribute, pictures
 from tfvae.callbacks import (
     AtomicBackupAndRestore,
     AtomicModelCheckpoint,
@@ -65,6 +65,10 @@ class TrainConfig:
         learning_rate: float. Adam's learning rate.
         seed: int. Seeds weights, noise, shuffling and the pictures.
         run_dir: str or None. Where the run is written (default `runs/<dataset>-<time>`).
+        strategy: str. A `tfvae.distribute.get_strategy` name ("default", "mirrored",
+            "multi_worker", ...).
+        mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
+        jit_compile: bool. Compile the train step with XLA (default/one_device strategies).
     """
 
     dataset: str = "digits"
@@ -86,9 +90,13 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     run_dir: str | None = None
+    strategy: str = "default"
+    mixed_precision: str | None = None
+    jit_compile: bool = False
 
     def __post_init__(self):
         self.filters = tuple(self.filters)
+        distribute.check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)
         for name in ("epochs", "batch_size", "latent_dim"):
@@ -269,45 +277,56 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         FileExistsError: a new run's directory already holds files.
         FileNotFoundError: `resume` of a directory that is not a run.
     """
+    with distribute.DistributedJob(config.strategy, config.mixed_precision) as job:
+        return _train(config, resume, job, verbose)
+
+
+def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, verbose) -> dict:
     if resume:
         load_run_config(config.run_dir)  # raises unless it is a run directory
-    # The data first: a bad source must not leave an empty run directory behind.
     keras.utils.set_random_seed(config.seed)
-    data = load_data(config)
-    if resume:
-        run_dir = Path(config.run_dir)
+    with job.scope():
+        # The data first: a bad source must not leave an empty run directory behind.
+        data = load_data(config)
+    requested_run_dir = Path(config.run_dir or default_run_dir(config))
+    config = dataclasses.replace(config, run_dir=str(requested_run_dir))
+    # Only the chief writes the run directory; other workers of a multi-worker job write to a
+    # temporary directory that the job removes (see tfvae.distribute.DistributedJob).
+    if resume and job.is_chief:
+        run_dir = requested_run_dir
     else:
-        run_dir = prepare_run_dir(config.run_dir or default_run_dir(config))
-        config = dataclasses.replace(config, run_dir=str(run_dir))
+        run_dir = job.output_dir(requested_run_dir, prepare_run_dir, dataclasses.asdict(config))
     write_json_atomic(run_dir / CONFIG_FILE, dataclasses.asdict(config))
-    preview_images, preview_labels = data.validation_examples(min(GRID_SIZE * 4, data.num_validation or GRID_SIZE * 4), seed=config.seed)
+    preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
 
     previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume else []
     finished_model = run_dir / MODEL_FILE
-    backup_exists = (run_dir / BACKUP_DIR / "training_metadata.json").exists()
-    if resume and not backup_exists and finished_model.exists():
-        # A finished run (its backup was removed at the end): extend it from its last model.
-        vae = keras.models.load_model(finished_model)
-        initial_epoch = len(previous_rows)
-    else:
-        vae = build_conv_vae(
-            data.image_shape,
-            config.latent_dim,
-            filters=config.filters,
-            hidden_units=config.hidden_units,
-            likelihood=config.likelihood,
-            beta=config.beta,
-            seed=config.seed,
-        )
-        vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-        initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
+    backup_dir = job.backup_dir or run_dir / BACKUP_DIR
+    with job.scope():
+        if resume and not (backup_dir / "training_metadata.json").exists() and finished_model.exists():
+            # A finished run (its backup was removed at the end): extend it from its last model.
+            vae = keras.models.load_model(finished_model)
+            initial_epoch = len(previous_rows)
+        else:
+            vae = build_conv_vae(
+                data.image_shape,
+                config.latent_dim,
+                filters=config.filters,
+                hidden_units=config.hidden_units,
+                likelihood=config.likelihood,
+                beta=config.beta,
+                seed=config.seed,
+            )
+            initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
+        optimizer = vae.optimizer if vae.compiled else keras.optimizers.Adam(config.learning_rate)
+        vae.compile(optimizer=optimizer, jit_compile=config.jit_compile)
 
     last_good = AtomicModelCheckpoint(finished_model)
     best = AtomicModelCheckpoint(run_dir / BEST_CHECKPOINT, monitor="val_loss")
     best.best = min((float(r["val_loss"]) for r in previous_rows if r.get("val_loss")), default=None)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
+        AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=True),
         last_good,
         best,
         MetricsCSVLogger(run_dir / "metrics.csv", previous_rows),
@@ -352,6 +371,9 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         "num_validation_examples": data.num_validation,
         "pictures": written,
         "epochs_run_this_session": len(history.history.get("loss", [])),
+        "resumed_at_epoch": history.epoch[0] if history.epoch else initial_epoch,
+        "strategy": config.strategy,
+        "num_replicas": job.strategy.num_replicas_in_sync,
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics

@@ -285,8 +285,19 @@ class VAE(keras.Model):
         return self.prior.distribution(self.latent_dim)
 
     def draw_noise(self, shape):
-        """Standard normal noise for the reparameterization, from the model's SeedGenerator."""
-        return keras.random.normal(shape, dtype="float32", seed=self.seed_generator)
+        """Standard normal noise for the reparameterization, from the model's SeedGenerator.
+
+        Under a `tf.distribute` strategy with several replicas the generator's state is mirrored,
+        so every replica would draw the same numbers for its part of the batch; the replica's id
+        is folded into the seed to make the replicas' draws independent.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return keras.random.normal(shape, dtype="float32", seed=self.seed_generator)
+        seed = tf.random.experimental.stateless_fold_in(
+            self.seed_generator.next(), context.replica_id_in_sync_group
+        )
+        return tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)
 
     def compute_elbo_terms(self, images, training: bool = False) -> dict:
         """Per-example ELBO terms with one reparameterized sample of z per image.
@@ -445,19 +456,19 @@ class VAE(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def _loss_and_metrics(self, images, sample_weight, training):
+        """Returns `(loss_sum, batch_size, regularization, terms)` for this replica's batch.
+
+        `loss_sum` sums the per-example losses (times `sample_weight`) and `batch_size` counts the
+        examples: as Keras's "sum_over_batch_size", weights scale examples, the batch size divides.
+        """
         terms = self.compute_elbo_terms(images, training=training)
         per_example_loss = -terms["objective"]
-        if sample_weight is None:
-            loss = tf.reduce_mean(per_example_loss)
-        else:
-            # As Keras's "sum_over_batch_size": weights scale examples, the batch size divides.
+        if sample_weight is not None:
             weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-            loss = tf.reduce_sum(per_example_loss * weights) / tf.cast(
-                tf.size(per_example_loss), tf.float32
-            )
-        if self.losses:
-            loss = loss + tf.cast(tf.add_n(self.losses), tf.float32)
-        return loss, terms
+            per_example_loss = per_example_loss * weights
+        batch_size = tf.cast(tf.size(per_example_loss), tf.float32)
+        regularization = tf.cast(tf.add_n(self.losses), tf.float32) if self.losses else 0.0
+        return tf.reduce_sum(per_example_loss), batch_size, regularization, terms
 
     def _update_metrics(self, loss, terms, sample_weight):
         batch_size = tf.shape(terms["elbo"])[0]
@@ -465,23 +476,53 @@ class VAE(keras.Model):
         self.elbo_tracker.update_state(terms["elbo"], sample_weight=sample_weight)
         self.reconstruction_tracker.update_state(terms["reconstruction"], sample_weight=sample_weight)
         self.kl_tracker.update_state(terms["kl"], sample_weight=sample_weight)
-        return {metric.name: metric.result() for metric in self.metrics}
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return {metric.name: metric.result() for metric in self.metrics}
+        # Each replica holds the running totals of its own examples: summed over the replicas
+        # they give the means over the global batch (the mean of the replicas' means, which Keras
+        # would report, is off when the replicas got batches of different sizes).
+        totals, counts = context.all_reduce(
+            "sum",
+            [
+                tf.stack([tf.convert_to_tensor(metric.total) for metric in self.metrics]),
+                tf.stack([tf.convert_to_tensor(metric.count) for metric in self.metrics]),
+            ],
+        )
+        means = tf.math.divide_no_nan(totals, counts)
+        return {metric.name: means[index] for index, metric in enumerate(self.metrics)}
 
     def train_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            loss, terms = self._loss_and_metrics(images, sample_weight, training=True)
-            # Each replica sees 1/N of the global batch; the gradients are summed across
-            # replicas, so the per-replica mean is divided by N (as Keras's losses do).
-            scaled_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(scaled_loss)
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+            loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
+                images, sample_weight, training=True
+            )
+            # The gradients are summed over the replicas, so each replica contributes its loss
+            # sum over the *global* batch size (and 1/N of the regularization): the gradient is
+            # that of the global batch's mean loss, even when the replicas got batches of
+            # different sizes. With equal parts this is Keras's per-replica mean / N.
+            context = tf.distribute.get_replica_context()
+            if context is None:  # called outside strategy.run: this batch is the global one
+                global_batch_size, num_replicas = batch_size, 1
+            else:
+                global_batch_size = context.all_reduce("sum", batch_size)
+                num_replicas = context.num_replicas_in_sync
+            gradient_loss = (
+                tf.math.divide_no_nan(loss_sum, global_batch_size) + regularization / num_replicas
+            )
+            gradient_loss = self.optimizer.scale_loss(gradient_loss)
+        gradients = tape.gradient(gradient_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
         return self._update_metrics(loss, terms, sample_weight)
 
     def test_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        loss, terms = self._loss_and_metrics(images, sample_weight, training=False)
+        loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
+            images, sample_weight, training=False
+        )
+        loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
         return self._update_metrics(loss, terms, sample_weight)
 
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):

@@ -1,0 +1,202 @@
+"""Runs one tf.distribute check on logical CPU devices and prints its findings as JSON.
+
+Used by tests/test_distribute.py in a fresh process: logical devices must be configured before
+TensorFlow initializes, which pytest's process has long done.
+
+    python tests/mirrored_checks.py one-step --replicas 3 --batch-size 7
+    python tests/mirrored_checks.py curves --replicas 2 --epochs 3
+    python tests/mirrored_checks.py xla --replicas 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def split_cpu(replicas: int) -> list[str]:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+    )
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def fixed_noise_vae_class():
+    import tfvae  # noqa: PLC0415
+
+    class FixedNoiseVAE(tfvae.VAE):
+        """The same posterior noise for every example, wherever it is computed.
+
+        One fixed, non-zero vector per latent dimension, broadcast over the batch, so a step on
+        one device and on several replicas reparameterize every example identically.
+        """
+
+        def draw_noise(self, shape):
+            row = tf.linspace(-1.5, 1.2, self.latent_dim)
+            return tf.broadcast_to(row, shape)
+
+    return FixedNoiseVAE
+
+
+def build_model(vae_class, image_shape, seed=0):
+    import tfvae  # noqa: PLC0415
+
+    encoder = tfvae.build_conv_encoder(image_shape, 3, filters=(4,), hidden_units=8)
+    decoder = tfvae.build_conv_decoder(3, image_shape, filters=(4,), hidden_units=8)
+    return vae_class(encoder, decoder, likelihood="gaussian", seed=seed)
+
+
+def trainable_weights(vae) -> dict:
+    """The trainable weights by position and name (`3:conv_0/kernel`); names differ by suffix."""
+    return {
+        f"{index}:{variable.path.split('/', 1)[-1]}": variable.numpy()
+        for index, variable in enumerate(vae.trainable_variables)
+    }
+
+
+def one_step(args) -> dict:
+    """One SGD step on one fixed batch: one device vs a `replicas`-replica MirroredStrategy."""
+    import keras  # noqa: PLC0415
+
+    from tfvae import distribute  # noqa: PLC0415
+
+    devices = split_cpu(args.replicas)
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).random((args.batch_size, 8, 8, 1)).astype("float32")
+    vae_class = fixed_noise_vae_class()
+
+    def one_fit_step(strategy):
+        with strategy.scope():
+            vae = build_model(vae_class, images.shape[1:])
+            vae.set_weights(initial_model.get_weights())
+            vae.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
+        history = vae.fit(images, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+        logs = {name: values[0] for name, values in history.history.items()}
+        return trainable_weights(vae), logs
+
+    initial_model = build_model(vae_class, images.shape[1:])
+    initial_weights = trainable_weights(initial_model)
+    single_weights, single_logs = one_fit_step(tf.distribute.get_strategy())
+
+    result = {}
+    # Keras alone (no tfvae fix) cannot start fit when the replicas' batches differ in size.
+    try:
+        one_fit_step(tf.distribute.MirroredStrategy(devices))
+        result["error_without_fix"] = None
+    except Exception as error:  # noqa: BLE001 (the test reads which error it was)
+        result["error_without_fix"] = f"{type(error).__name__}: {error}"[:300]
+
+    strategy = distribute.get_strategy("mirrored", num_cpu_devices=args.replicas)
+    replica_batches = []
+    for batch in strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(images).batch(args.batch_size)
+    ):
+        parts = strategy.experimental_local_results(batch)
+        replica_batches = [int(part.shape[0]) for part in parts]
+    mirrored_weights, mirrored_logs = one_fit_step(strategy)
+    result.update(
+        replicas=strategy.num_replicas_in_sync,
+        replica_batch_sizes=replica_batches,
+        weight_changes={
+            name: float(np.max(np.abs(single_weights[name] - initial_weights[name])))
+            for name in initial_weights
+        },
+        weight_differences={
+            name: float(np.max(np.abs(single_weights[name] - mirrored_weights[name])))
+            for name in initial_weights
+        },
+        single_logs=single_logs,
+        mirrored_logs=mirrored_logs,
+        replica_draws=replica_noise(strategy),
+    )
+    return result
+
+
+def replica_noise(strategy) -> list:
+    """The posterior noise each replica draws in one `strategy.run` of tfvae's draw_noise."""
+    import tfvae  # noqa: PLC0415
+
+    with strategy.scope():
+        vae = tfvae.build_conv_vae((8, 8, 1), 3, filters=(4,), seed=5)
+    draws = strategy.run(tf.function(lambda: vae.draw_noise((4, 3))))
+    return [draw.numpy().tolist() for draw in strategy.experimental_local_results(draws)]
+
+
+def curves(args) -> dict:
+    """Loss curves of a few epochs on digits: one device vs a `replicas`-replica strategy."""
+    import keras  # noqa: PLC0415
+
+    import tfvae  # noqa: PLC0415
+    from tfvae import distribute  # noqa: PLC0415
+    from tfvae.data import load_digits  # noqa: PLC0415
+
+    split_cpu(args.replicas)
+    (train_images, _), (validation_images, _) = load_digits(seed=0)
+
+    def run(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            vae = tfvae.build_conv_vae((8, 8, 1), 4, filters=(16,), seed=0)
+            vae.compile(optimizer=keras.optimizers.Adam(2e-3))
+        history = vae.fit(
+            train_images,
+            validation_data=validation_images,
+            batch_size=64,
+            epochs=args.epochs,
+            verbose=0,
+        )
+        return history.history
+
+    return {
+        "single": run(tf.distribute.get_strategy()),
+        "mirrored": run(distribute.get_strategy("mirrored", num_cpu_devices=args.replicas)),
+    }
+
+
+def xla(args) -> dict:
+    """What Keras does with `jit_compile` under a `replicas`-replica MirroredStrategy."""
+    import keras  # noqa: PLC0415
+
+    import tfvae  # noqa: PLC0415
+    from tfvae import distribute  # noqa: PLC0415
+    from tfvae.data import load_digits  # noqa: PLC0415
+
+    split_cpu(args.replicas)
+    (train_images, _), _ = load_digits(seed=0)
+    strategy = distribute.get_strategy("mirrored", num_cpu_devices=args.replicas)
+    result = {}
+    for jit_compile in ("auto", True):
+        with strategy.scope():
+            vae = tfvae.build_conv_vae((8, 8, 1), 4, filters=(16,), seed=0)
+            vae.compile(optimizer=keras.optimizers.Adam(2e-3), jit_compile=jit_compile)
+        try:
+            vae.fit(train_images[:256], batch_size=64, epochs=1, verbose=0)
+            error = None
+        except Exception as caught:  # noqa: BLE001 (the test reads which error it was)
+            error = f"{type(caught).__name__}: {caught}"[-2000:]
+        result[f"jit_compile={jit_compile}"] = {"resolved": vae.jit_compile, "error": error}
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("check", choices=["one-step", "curves", "xla"])
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args(argv)
+    checks = {"one-step": one_step, "curves": curves, "xla": xla}
+    print("RESULT " + json.dumps(checks[args.check](args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
