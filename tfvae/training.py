@@ -299,11 +299,13 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     write_json_atomic(run_dir / CONFIG_FILE, dataclasses.asdict(config))
     preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
 
-    previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume else []
     finished_model = run_dir / MODEL_FILE
     backup_dir = job.backup_dir or run_dir / BACKUP_DIR
+    interrupted = (backup_dir / "training_metadata.json").exists()
+    # A multi-worker chief restarted with the same command resumes without --resume.
+    previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume or interrupted else []
     with job.scope():
-        if resume and not (backup_dir / "training_metadata.json").exists() and finished_model.exists():
+        if resume and not interrupted and finished_model.exists():
             # A finished run (its backup was removed at the end): extend it from its last model.
             vae = keras.models.load_model(finished_model)
             initial_epoch = len(previous_rows)
@@ -349,7 +351,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     good_rows = [r for r in rows if all(math.isfinite(float(v)) for k, v in r.items() if v != "")]
     stopped_on_nan = len(good_rows) < len(rows)
     written = []
-    if finished_model.exists():
+    if finished_model.exists() and job.is_chief:
         # Pictures of the last good model: the one on disk.
         vae = keras.models.load_model(finished_model)
         written = write_pictures(vae, run_dir, preview_images, preview_labels, config.seed)
