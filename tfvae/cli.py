@@ -340,7 +340,7 @@ def _add_tune_command(subparsers) -> None:
 
 def _run_tune(args) -> int:
     from tfvae.training import TrainConfig  # noqa: PLC0415
-    from tfvae.tuning import TuningConfig, tune  # noqa: PLC0415
+    from tfvae.tuning import TuningConfig, default_run_dir, tune  # noqa: PLC0415
 
     fixed = [flag[2:].replace("-", "_") for flag in _TUNE_FIXED_SETTINGS]
     train = TrainConfig(**{name: getattr(args, name) for name in (*_DATA_SETTINGS, *fixed, "epochs", "run_dir")})
@@ -348,6 +348,8 @@ def _run_tune(args) -> int:
         train=train, latent_dims=args.latent_dims, max_trials=args.max_trials, tuner=args.tuner,
         learning_rates=args.learning_rates, betas=args.betas, batch_sizes=args.batch_sizes,
     )
+    if train.run_dir is None:  # named now, so an interruption can say where to resume
+        config.train.run_dir = str(default_run_dir(config))
     try:
         # Progress and keras-tuner's messages go to stderr: stdout carries the JSON summary only.
         with contextlib.redirect_stdout(sys.stderr):
@@ -355,6 +357,10 @@ def _run_tune(args) -> int:
     except RuntimeError as error:  # every trial failed
         print(f"tfvae: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"tfvae: tuning interrupted; the same command with --run-dir {config.train.run_dir} "
+              "resumes it", file=sys.stderr)
+        return 130
     print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "best")}, indent=2))
     return 0
 

@@ -83,7 +83,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         hidden_units: int or None. An extra dense layer in encoder and decoder.
         batch_sizes: ints >= 1, or None to keep the batch size of the data. With several, `fit`
             rebatches a `tf.data.Dataset` (or passes `batch_size` for arrays).
-        seed: int or None. Seeds the weights and the noise of every trial alike.
+        seed: int or None. `build` resets Keras's global seeds to it (`keras.utils.set_random_seed`)
+            and seeds the model's noise with it, so every trial starts alike.
 
     Raises:
         ValueError: an empty or invalid list of candidates, or an invalid likelihood.
@@ -145,6 +146,10 @@ class VAEHyperModel(keras_tuner.HyperModel):
         Returns:
             A built `tfvae.VAE`, compiled with Adam (whose variables are built).
         """
+        if self.seed is not None:
+            # Every trial starts from the same random state, whatever ran before it (an earlier
+            # trial, or nothing in a resumed search), so trials differ by their hyperparameters.
+            keras.utils.set_random_seed(self.seed)
         latent_dim = hp.Choice("latent_dim", list(self.latent_dims))
         filters = self.filters[self._pick(hp, "filters", list(self.filters))]
         learning_rate = self._pick(hp, "learning_rate", self.learning_rates)
