@@ -297,15 +297,14 @@ def _run_export(args) -> int:
 _TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--beta", "--batch-size", "--learning-rate", "--seed")
 
 
-def _positive_float_list(text: str) -> tuple[float, ...]:
+def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         values = ()
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive numbers such as 3e-4,1e-3, received '{text}'"
-        )
+    if not values or any(not (v >= 0 if allow_zero else v > 0) for v in values):
+        kind = "numbers >= 0 such as 0.5,1" if allow_zero else "positive numbers such as 3e-4,1e-3"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, received '{text}'")
     return values
 
 
@@ -326,8 +325,8 @@ def _add_tune_command(subparsers) -> None:
     parser.add_argument("--max-trials", type=_positive_int, default=4, help="trials in all, those of a resumed run included; hyperband ignores it (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial; hyperband's largest budget (default: %(default)s)")
     parser.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], default="random", help="search strategy (default: %(default)s)")
-    parser.add_argument("--learning-rates", type=_positive_float_list, help="candidate learning rates, comma-separated (default: --learning-rate only)")
-    parser.add_argument("--betas", type=_positive_float_list, help="candidate KL weights, comma-separated (default: --beta only)")
+    parser.add_argument("--learning-rates", type=_float_list, help="candidate learning rates, comma-separated (default: --learning-rate only)")
+    parser.add_argument("--betas", type=lambda text: _float_list(text, allow_zero=True), help="candidate KL weights, comma-separated (default: --beta only)")
     parser.add_argument("--batch-sizes", type=_int_list, help="candidate batch sizes, comma-separated (default: --batch-size only)")
     for flag, options in _TRAIN_SETTINGS:
         if flag in _TUNE_FIXED_SETTINGS:
