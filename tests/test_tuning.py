@@ -146,6 +146,7 @@ class RecordTrials(keras.callbacks.Callback):
         type(self).latent_dims.append(self.model.latent_dim)
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_with_the_remaining_trials(tmp_path):
     config = tiny_config(tmp_path / "run", epochs=1, tuner="bayesian")
     with pytest.raises(KeyboardInterrupt):
