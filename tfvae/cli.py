@@ -1,4 +1,4 @@
-"""The `tfvae` command line: train, evaluate, sample and export.
+"""The `tfvae` command line: train, evaluate, sample, export and tune.
 
 Expected user errors (a bad flag value, a missing file, a run directory that would be
 overwritten) print one line, `tfvae: error: ...`, and exit with status 2; `--debug` shows the
@@ -8,6 +8,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -320,6 +321,78 @@ def _run_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- tune
+#: The flags of `train` that `tune` keeps fixed for every trial.
+_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--beta", "--batch-size", "--learning-rate", "--seed")
+
+
+def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not (v >= 0 if allow_zero else v > 0) for v in values):
+        kind = "numbers >= 0 such as 0.5,1" if allow_zero else "positive numbers such as 3e-4,1e-3"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, received '{text}'")
+    return values
+
+
+def _add_tune_command(subparsers) -> None:
+    from tfvae.training import TrainConfig  # noqa: PLC0415
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser(
+        "tune",
+        help="search the latent size (and learning rate, beta, batch size) with keras-tuner",
+        description="Train one VAE per trial and keep the one with the lowest validation loss "
+        "(-ELBO). Writes RUN_DIR/tuner/ (keras-tuner's project), trials.csv, "
+        "objective_by_latent_dim.png and best/ (model.keras, saved_model/, summary.json). "
+        "Running the same command on the same --run-dir resumes an interrupted search.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--latent-dims", type=_int_list, default=(2, 8, 16, 32), help="candidate latent sizes, comma-separated (default: 2,8,16,32)")
+    parser.add_argument("--max-trials", type=_positive_int, default=4, help="trials in all, those of a resumed run included; hyperband ignores it (default: %(default)s)")
+    parser.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial; hyperband's largest budget (default: %(default)s)")
+    parser.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], default="random", help="search strategy (default: %(default)s)")
+    parser.add_argument("--learning-rates", type=_float_list, help="candidate learning rates, comma-separated (default: --learning-rate only)")
+    parser.add_argument("--betas", type=lambda text: _float_list(text, allow_zero=True), help="candidate KL weights, comma-separated (default: --beta only)")
+    parser.add_argument("--batch-sizes", type=_int_list, help="candidate batch sizes, comma-separated (default: --batch-size only)")
+    for flag, options in _TRAIN_SETTINGS:
+        if flag in _TUNE_FIXED_SETTINGS:
+            parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
+    parser.add_argument("--run-dir", help="where to write the tuning run: new, empty, or a tuning run with the same settings to resume (default: runs/tune-<dataset>-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or trial tables")
+    add_data_arguments(parser)
+    parser.set_defaults(handler=_run_tune)
+
+
+def _run_tune(args) -> int:
+    from tfvae.training import TrainConfig  # noqa: PLC0415
+    from tfvae.tuning import TuningConfig, default_run_dir, tune  # noqa: PLC0415
+
+    fixed = [flag[2:].replace("-", "_") for flag in _TUNE_FIXED_SETTINGS]
+    train = TrainConfig(**{name: getattr(args, name) for name in (*_DATA_SETTINGS, *fixed, "epochs", "run_dir")})
+    config = TuningConfig(
+        train=train, latent_dims=args.latent_dims, max_trials=args.max_trials, tuner=args.tuner,
+        learning_rates=args.learning_rates, betas=args.betas, batch_sizes=args.batch_sizes,
+    )
+    if train.run_dir is None:  # named now, so an interruption can say where to resume
+        config.train.run_dir = str(default_run_dir(config))
+    try:
+        # Progress and keras-tuner's messages go to stderr: stdout carries the JSON summary only.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = tune(config, verbose=0 if args.quiet else 1)
+    except RuntimeError as error:  # every trial failed
+        print(f"tfvae: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tfvae: tuning interrupted; the same command with --run-dir {config.train.run_dir} "
+              "resumes it", file=sys.stderr)
+        return 130
+    print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "best")}, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tfvae` with all its commands."""
@@ -330,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(subparsers)
     _add_sample_command(subparsers)
     _add_export_command(subparsers)
+    _add_tune_command(subparsers)
     return parser
 
 

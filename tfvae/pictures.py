@@ -126,3 +126,28 @@ def save_loss_curves(rows: list[dict], path: str | os.PathLike) -> None:
     axes.grid(alpha=0.3)
     _save_figure(figure, path)
     plt.close(figure)
+
+
+def save_tuning_curve(
+    latent_dims, values, path: str | os.PathLike, ylabel: str = "best validation loss", minimize: bool = True
+) -> None:
+    """One point per tuning trial (its objective against its latent size), and a line through
+    the best value of each latent size (the lowest, or the highest when not `minimize`); the
+    latent axis is logarithmic (base 2)."""
+    plt = _pyplot()
+    latent_dims = np.asarray(latent_dims, dtype=float)
+    values = np.asarray(values, dtype=float)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.scatter(latent_dims, values, alpha=0.6, label="trials")
+    sizes = np.unique(latent_dims)
+    pick = np.min if minimize else np.max
+    best = [pick(values[latent_dims == size]) for size in sizes]
+    axes.plot(sizes, best, marker="o", color="C1", label="best per latent size")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sizes, [str(int(size)) for size in sizes])
+    axes.set_xlabel("latent size")
+    axes.set_ylabel(ylabel)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    _save_figure(figure, path)
+    plt.close(figure)
