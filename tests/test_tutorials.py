@@ -23,8 +23,10 @@ CELL_TIMEOUT_SECONDS = 300
 MAX_COMMITTED_OUTPUT_CHARS = 2_000
 
 
-def execute_notebook(path: Path, output_dir: Path, timeout: int = CELL_TIMEOUT_SECONDS):
-    """Runs a notebook in fast mode with the `python3` kernel, cwd = its folder.
+def execute_notebook(
+    path: Path, output_dir: Path, timeout: int = CELL_TIMEOUT_SECONDS, fast: bool = True
+):
+    """Runs a notebook top to bottom with the `python3` kernel, cwd = its folder.
 
     The kernel imports tfvae from this checkout (PYTHONPATH), not from an installed copy.
 
@@ -32,6 +34,7 @@ def execute_notebook(path: Path, output_dir: Path, timeout: int = CELL_TIMEOUT_S
         path: the .ipynb file.
         output_dir: where the notebook may write files (TFVAE_TUTORIAL_OUTPUT_DIR).
         timeout: seconds per cell.
+        fast: run in fast mode (TFVAE_TUTORIAL_FAST=1); False runs the full tutorial.
 
     Returns:
         The executed `nbformat.NotebookNode`, with outputs.
@@ -42,7 +45,10 @@ def execute_notebook(path: Path, output_dir: Path, timeout: int = CELL_TIMEOUT_S
         nbclient.exceptions.CellTimeoutError: a cell took longer than `timeout`.
     """
     notebook = nbformat.read(path, as_version=4)
-    environment = cli_environment({FAST_MODE_VARIABLE: "1", OUTPUT_DIR_VARIABLE: str(output_dir)})
+    environment = cli_environment({OUTPUT_DIR_VARIABLE: str(output_dir)})
+    environment.pop(FAST_MODE_VARIABLE, None)
+    if fast:
+        environment[FAST_MODE_VARIABLE] = "1"
     # Pictures are drawn by the inline backend of the kernel; a desktop backend must not leak in.
     environment.pop("MPLBACKEND", None)
     client = NotebookClient(
