@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -21,10 +22,16 @@ OUTPUT_DIR_VARIABLE = "TFVAE_TUTORIAL_OUTPUT_DIR"
 CELL_TIMEOUT_SECONDS = 300
 #: A committed notebook's outputs (all cells together) may hold at most this many characters.
 MAX_COMMITTED_OUTPUT_CHARS = 2_000
+#: Tutorials that fall back to local data offline and print "Using <which data>".
+NOTEBOOKS_WITH_DATA_FALLBACK = ("01_quickstart", "02_your_own_architecture")
 
 
 def execute_notebook(
-    path: Path, output_dir: Path, timeout: int = CELL_TIMEOUT_SECONDS, fast: bool = True
+    path: Path,
+    output_dir: Path,
+    timeout: int = CELL_TIMEOUT_SECONDS,
+    fast: bool = True,
+    extra_environment: dict | None = None,
 ):
     """Runs a notebook top to bottom with the `python3` kernel, cwd = its folder.
 
@@ -35,6 +42,7 @@ def execute_notebook(
         output_dir: where the notebook may write files (TFVAE_TUTORIAL_OUTPUT_DIR).
         timeout: seconds per cell.
         fast: run in fast mode (TFVAE_TUTORIAL_FAST=1); False runs the full tutorial.
+        extra_environment: more environment variables for the kernel.
 
     Returns:
         The executed `nbformat.NotebookNode`, with outputs.
@@ -45,7 +53,7 @@ def execute_notebook(
         nbclient.exceptions.CellTimeoutError: a cell took longer than `timeout`.
     """
     notebook = nbformat.read(path, as_version=4)
-    environment = cli_environment({OUTPUT_DIR_VARIABLE: str(output_dir)})
+    environment = cli_environment({OUTPUT_DIR_VARIABLE: str(output_dir), **(extra_environment or {})})
     environment.pop(FAST_MODE_VARIABLE, None)
     if fast:
         environment[FAST_MODE_VARIABLE] = "1"
@@ -71,6 +79,16 @@ def _outputs_of_type(notebook, mime_type: str) -> list:
     ]
 
 
+def _stream_text(notebook) -> str:
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.output_type == "stream"
+    )
+
+
 def _linked_notebooks(markdown: str) -> set[str]:
     return set(re.findall(r"\(((?:tutorials/)?\d\d_[a-z_]+\.ipynb)\)", markdown))
 
@@ -91,6 +109,32 @@ def test_tutorial_runs_top_to_bottom_in_fast_mode(path, tmp_path):
     assert len(_outputs_of_type(notebook, "image/png")) >= 2
     # Files (models, exports) go to the folder the harness gives, not into the repository.
     assert any(tmp_path.iterdir())
+    # A notebook whose dataset may be unavailable offline says which data it used.
+    if path.stem in NOTEBOOKS_WITH_DATA_FALLBACK:
+        assert re.search(r"^Using \S", _stream_text(notebook), re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_quickstart_falls_back_to_builtin_digits_without_local_mnist(tmp_path):
+    # A checkout with no ../shared/data beside it and an empty tfds data folder (no network here
+    # to fill it): tfds fails, the IDX files are missing, so the quick start must train on the
+    # built-in digits and say so.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO_ROOT / "tfvae", checkout / "tfvae",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "setup.cfg", checkout / "setup.cfg")
+    (checkout / "tutorials").mkdir()
+    quickstart = shutil.copy(TUTORIALS_DIR / "01_quickstart.ipynb", checkout / "tutorials")
+    assert not (tmp_path / "shared").exists()
+
+    notebook = execute_notebook(
+        Path(quickstart), tmp_path / "outputs", extra_environment={"TFDS_DATA_DIR": str(tmp_path)}
+    )
+
+    text = _stream_text(notebook)
+    assert "Using scikit-learn's built-in 8x8 digits" in text
+    assert "image shape (8, 8, 1)" in text
+    assert (tmp_path / "outputs" / "quickstart.keras").is_file()
 
 
 @pytest.mark.slow
