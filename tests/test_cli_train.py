@@ -20,16 +20,19 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     result = run_cli("train", "--epochs", "3", "--run-dir", run_dir, "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["config.json", "metrics.json", "model.keras", "reconstructions.png", "samples.png"]
+    assert names == [
+        "checkpoints", "config.json", "interpolations.png", "logs", "loss_curves.png", "metrics.csv",
+        "metrics.json", "model.keras", "reconstructions.png", "samples.png",
+    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3 and metrics["stopped_on_nan"] is False
     assert metrics["validation"]["elbo"] < 0 and metrics["num_train_examples"] > 1000
     assert json.loads(result.stdout)["run_dir"] == str(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 3 and config["dataset"] == "digits"
-    # 64 samples of 8x8 digits, upscaled 4x, in an 8x8 grid with 1-pixel padding.
-    assert _png_shape(run_dir / "samples.png") == (8 * 33 + 1, 8 * 33 + 1, 1)
-    assert _png_shape(run_dir / "reconstructions.png") == (8 * 33 + 1, 8 * 33 + 1, 1)
+    # 64 samples of 8x8 digits, upscaled 8x, in an 8x8 grid with 1-pixel padding.
+    assert _png_shape(run_dir / "samples.png") == (8 * 65 + 1, 8 * 65 + 1, 1)
+    assert _png_shape(run_dir / "reconstructions.png") == (8 * 65 + 1, 8 * 65 + 1, 1)
     pixels = tf.io.decode_png((run_dir / "samples.png").read_bytes()).numpy()
     assert pixels.std() > 10  # not blank
 

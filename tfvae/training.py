@@ -349,7 +349,10 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
 
     rows = read_metrics_csv(run_dir / "metrics.csv")
     good_rows = [r for r in rows if all(math.isfinite(float(v)) for k, v in r.items() if v != "")]
-    stopped_on_nan = len(good_rows) < len(rows)
+    # Counted from fit's own history: a restarted non-chief worker has lost its earlier rows.
+    start_epoch = history.epoch[0] if history.epoch else initial_epoch
+    finite = [all(math.isfinite(values[i]) for values in history.history.values()) for i in range(len(history.epoch))]
+    stopped_on_nan = not all(finite)
     written = []
     if finished_model.exists() and job.is_chief:
         # Pictures of the last good model: the one on disk.
@@ -361,7 +364,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     last = good_rows[-1] if good_rows else {}
     metrics = {
         "run_dir": str(run_dir),
-        "epochs_completed": len(good_rows),
+        "epochs_completed": start_epoch + (finite.index(False) if stopped_on_nan else len(finite)),
         "epochs_requested": config.epochs,
         "stopped_on_nan": stopped_on_nan,
         "train": {k: _finite_or_none(v) for k, v in last.items() if k != "epoch" and not k.startswith("val_")},
@@ -373,7 +376,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
         "num_validation_examples": data.num_validation,
         "pictures": written,
         "epochs_run_this_session": len(history.history.get("loss", [])),
-        "resumed_at_epoch": history.epoch[0] if history.epoch else initial_epoch,
+        "resumed_at_epoch": start_epoch,
         "strategy": config.strategy,
         "num_replicas": job.strategy.num_replicas_in_sync,
     }

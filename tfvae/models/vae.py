@@ -530,6 +530,10 @@ class VAE(keras.Model):
         self.check_data(x, "x")
         if validation_data is not None:
             self.check_data(validation_data, "validation_data")
+        if isinstance(x, tf.data.Dataset) and not args:
+            # Keras ignores `shuffle` for datasets (they shuffle themselves) but warns on every
+            # fit when it is left at its default, True.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
