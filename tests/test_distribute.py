@@ -7,6 +7,7 @@ tests run in pytest's process.
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import socket
@@ -340,8 +341,12 @@ def test_cli_multi_worker_writes_only_the_chiefs_run_and_survives_a_worker_resta
     assert chief["train"] == worker["train"]  # the same model trained on both
     assert chief["run_dir"] == str(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "metrics.json", "model.keras", "reconstructions.png", "samples.png"
+        "checkpoints", "config.json", "interpolations.png", "latent_manifold.png",
+        "latent_scatter.png", "logs", "loss_curves.png", "metrics.csv", "metrics.json",
+        "model.keras", "reconstructions.png", "samples.png",
     ]
+    with (run_dir / "metrics.csv").open() as handle:  # the chief kept every epoch's row
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(epochs))
     assert json.loads((run_dir / "metrics.json").read_text())["train"] == chief["train"]
     # Only the chief's run directory exists: the worker's run and backup were removed.
     assert not Path(worker["run_dir"]).exists()
