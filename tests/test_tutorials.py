@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import nbformat
@@ -23,7 +24,7 @@ CELL_TIMEOUT_SECONDS = 300
 #: A committed notebook's outputs (all cells together) may hold at most this many characters.
 MAX_COMMITTED_OUTPUT_CHARS = 2_000
 #: Tutorials that fall back to local data offline and print "Using <which data>".
-NOTEBOOKS_WITH_DATA_FALLBACK = ("01_quickstart", "02_your_own_architecture")
+NOTEBOOKS_WITH_DATA_FALLBACK = ("01_quickstart", "02_your_own_architecture", "03_tuning_the_latent_size")
 
 
 def execute_notebook(
@@ -116,9 +117,11 @@ def test_tutorial_runs_top_to_bottom_in_fast_mode(path, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_falls_back_to_builtin_digits_without_local_mnist(tmp_path):
-    # A checkout with no ../shared/data beside it and an empty tfds data folder (no network here
-    # to fill it): tfds fails, the IDX files are missing, so the quick start must train on the
-    # built-in digits and say so.
+    # A checkout with no ../shared/data beside it, an empty tfds data folder, and no network:
+    # tfds fails, the IDX files are missing, so the quick start must train on the built-in
+    # digits and say so. "No network" holds on any machine: tfvae.data's network probe connects
+    # to the HTTPS proxy when one is set, and here the proxy is a port on 127.0.0.1 that is
+    # bound but not listening, so every connection to it is refused at once.
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO_ROOT / "tfvae", checkout / "tfvae",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -127,11 +130,14 @@ def test_quickstart_falls_back_to_builtin_digits_without_local_mnist(tmp_path):
     quickstart = shutil.copy(TUTORIALS_DIR / "01_quickstart.ipynb", checkout / "tutorials")
     assert not (tmp_path / "shared").exists()
 
-    notebook = execute_notebook(
-        Path(quickstart), tmp_path / "outputs", extra_environment={"TFDS_DATA_DIR": str(tmp_path)}
-    )
+    with socket.socket() as refusing_port:
+        refusing_port.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{refusing_port.getsockname()[1]}"
+        offline = {"TFDS_DATA_DIR": str(tmp_path), "HTTPS_PROXY": proxy, "https_proxy": proxy}
+        notebook = execute_notebook(Path(quickstart), tmp_path / "outputs", extra_environment=offline)
 
     text = _stream_text(notebook)
+    assert "there is no network to download it" in text
     assert "Using scikit-learn's built-in 8x8 digits" in text
     assert "image shape (8, 8, 1)" in text
     assert (tmp_path / "outputs" / "quickstart.keras").is_file()
@@ -159,6 +165,7 @@ def test_a_failing_cell_fails_the_run(tmp_path):
 def test_every_expected_tutorial_is_there():
     names = [path.name for path in NOTEBOOKS]
     for expected in ("01_quickstart.ipynb", "02_your_own_architecture.ipynb",
+                     "03_tuning_the_latent_size.ipynb", "04_distributed_training.ipynb",
                      "05_export_and_serve.ipynb"):
         assert expected in names
 
@@ -192,6 +199,19 @@ def test_notebook_honours_fast_mode_and_links_existing_tutorials(path):
     assert f'os.environ.get("{FAST_MODE_VARIABLE}")' in code
     for linked in _linked_notebooks(markdown):
         assert (TUTORIALS_DIR / Path(linked).name).is_file(), f"{path.name} links {linked}"
+
+
+def test_distributed_tutorial_creates_its_strategy_before_anything_else():
+    # Logical CPU devices can be split off only before TensorFlow initializes its devices, so the
+    # first code cell must create the strategy, with nothing before it that could touch TF.
+    notebook = nbformat.read(TUTORIALS_DIR / "04_distributed_training.ipynb", as_version=4)
+    first_code = next(cell for cell in notebook.cells if cell.cell_type == "code").source
+    statements = [line for line in first_code.splitlines() if line and not line.startswith("#")]
+    creation = 'distribute.get_strategy("mirrored", num_cpu_devices=2)'
+    before = statements[: next(i for i, line in enumerate(statements) if creation in line)]
+    allowed = ("%matplotlib inline", "import logging", "import os", "from tfvae import distribute",
+               'logging.getLogger("tensorflow")')
+    assert all(line.startswith(allowed) for line in before), before
 
 
 def test_readmes_list_every_tutorial():
