@@ -59,11 +59,11 @@ def test_run_directory_holds_everything(latent_2d_run):
 
 
 def test_pictures_have_the_expected_size_and_are_not_blank(latent_2d_run):
-    # 8x8 digits are drawn 8x larger; grids have 1-pixel padding (the manifold none).
+    # 8x8 digits are drawn 8x larger; grids have 2-pixel gaps (the manifold none).
     expected = {
-        "samples.png": (8 * 65 + 1, 8 * 65 + 1),
-        "reconstructions.png": (8 * 65 + 1, 8 * 65 + 1),
-        "interpolations.png": (8 * 65 + 1, 10 * 65 + 1),
+        "samples.png": (8 * 66 + 2, 8 * 66 + 2),
+        "reconstructions.png": (8 * 66 + 2, 8 * 66 + 2),
+        "interpolations.png": (8 * 66 + 2, 10 * 66 + 2),
         "latent_manifold.png": (15 * 64, 15 * 64),
     }
     for name, size in expected.items():
@@ -120,21 +120,21 @@ def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
 def test_sample_grids(latent_2d_run, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert _main(capsys, "sample", latent_2d_run, "-n", "16", "--out", out)[0] == 0
-    assert _png(out).shape[:2] == (4 * 65 + 1, 4 * 65 + 1)
+    assert _png(out).shape[:2] == (4 * 66 + 2, 4 * 66 + 2)
     status, _, err = _main(capsys, "sample", latent_2d_run, "--out", out)
     assert status == 2 and "which exists (pass --overwrite" in err
     assert _main(capsys, "sample", latent_2d_run, "--out", out, "--overwrite", "-n", "4")[0] == 0
-    assert _png(out).shape[:2] == (2 * 65 + 1, 2 * 65 + 1)
+    assert _png(out).shape[:2] == (2 * 66 + 2, 2 * 66 + 2)
 
     lines = tmp_path / "lines.png"
     assert _main(capsys, "sample", latent_2d_run, "--interpolate", "-n", "24", "--steps", "6", "--out", lines)[0] == 0
-    assert _png(lines).shape[:2] == (4 * 65 + 1, 6 * 65 + 1)
+    assert _png(lines).shape[:2] == (4 * 66 + 2, 6 * 66 + 2)
     traverse = tmp_path / "traverse.png"
     assert _main(capsys, "sample", latent_2d_run, "--traverse", "1", "-n", "16", "--out", traverse)[0] == 0
     pixels = _png(traverse)
-    assert pixels.shape[:2] == (2 * 65 + 1, 8 * 65 + 1)
+    assert pixels.shape[:2] == (2 * 66 + 2, 8 * 66 + 2)
     # Along a traversal the image changes from one end to the other.
-    first, last = pixels[1:65, 1:65], pixels[1:65, -65:-1]
+    first, last = pixels[2:66, 2:66], pixels[2:66, -66:-2]
     assert np.abs(first.astype(int) - last.astype(int)).mean() > 1
     status, _, err = _main(capsys, "sample", latent_2d_run, "--traverse", "2", "--out", tmp_path / "t.png")
     assert status == 2 and "Expected a latent dimension in [0, 2). Received: 2" in err

@@ -30,9 +30,9 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert json.loads(result.stdout)["run_dir"] == str(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 3 and config["dataset"] == "digits"
-    # 64 samples of 8x8 digits, upscaled 8x, in an 8x8 grid with 1-pixel padding.
-    assert _png_shape(run_dir / "samples.png") == (8 * 65 + 1, 8 * 65 + 1, 1)
-    assert _png_shape(run_dir / "reconstructions.png") == (8 * 65 + 1, 8 * 65 + 1, 1)
+    # 64 samples of 8x8 digits, upscaled 8x, in an 8x8 grid with 2-pixel gaps.
+    assert _png_shape(run_dir / "samples.png") == (8 * 66 + 2, 8 * 66 + 2, 1)
+    assert _png_shape(run_dir / "reconstructions.png") == (8 * 66 + 2, 8 * 66 + 2, 1)
     pixels = tf.io.decode_png((run_dir / "samples.png").read_bytes()).numpy()
     assert pixels.std() > 10  # not blank
 

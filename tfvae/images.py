@@ -11,13 +11,17 @@ import tensorflow as tf
 from tfvae.files import write_bytes_atomic
 
 
-def image_grid(images, columns: int | None = None, padding: int = 1, scale: int = 1) -> np.ndarray:
+def image_grid(
+    images, columns: int | None = None, padding: int = 2, scale: int = 1, gap_value: float = 0.5
+) -> np.ndarray:
     """Tiles a batch of images into one uint8 image.
 
     Args:
         images: array `[N, H, W, C]` with C in {1, 3} and values in [0, 1] (clipped).
         columns: images per row; default the ceiling of sqrt(N).
-        padding: pixels of white between images.
+        padding: pixels between images (and around the grid).
+        gap_value: the gaps' gray level in [0, 1]; mid-gray separates both white strokes on black
+            (digits) and dark images.
         scale: integer upscaling factor (nearest neighbour), so 8x8 digits are visible.
 
     Returns:
@@ -39,8 +43,9 @@ def image_grid(images, columns: int | None = None, padding: int = 1, scale: int 
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
         height, width = height * scale, width * scale
-    grid = np.ones(
+    grid = np.full(
         (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+        gap_value,
         dtype=np.float32,
     )
     for index, image in enumerate(images):
