@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 from tfvae.data.arguments import add_data_arguments
+from tfvae.training import DATA_FIELDS
 
 EXIT_USER_ERROR = 2
 #: Settings that may change when a run is resumed: how long and how it runs, not what it trains.
 _RESUMABLE_SETTINGS = ("epochs", "strategy", "mixed_precision", "jit_compile")
 #: The flags of `add_data_arguments`, which are TrainConfig fields of the same names.
-_DATA_SETTINGS = (
-    "dataset", "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
-)
+_DATA_SETTINGS = ("dataset", *DATA_FIELDS)
 
 
 def _positive_int(text: str) -> int:
