@@ -151,7 +151,7 @@ def test_keras_round_trip_keeps_outputs_and_the_custom_train_step(tmp_path, digi
     vae.save(path)
     restored = keras.models.load_model(path)
     assert type(restored) is VAE
-    assert restored.latent_dim == 4 and restored.image_shape == (8, 8, 1) and restored.beta == 0.5
+    assert restored.latent_dim == 4 and restored.image_shape == (8, 8, 1) and float(restored.beta) == 0.5
     x = images[:10]
     np.testing.assert_array_equal(restored.encode(x).mean(), vae.encode(x).mean())
     np.testing.assert_array_equal(restored.encode(x).stddev(), vae.encode(x).stddev())
@@ -170,7 +170,7 @@ def test_config_round_trip():
     config = vae.get_config()
     clone = VAE.from_config(config)
     assert clone.get_config() == config
-    assert clone.latent_dim == 5 and clone.seed == 9 and clone.beta == 2.0
+    assert clone.latent_dim == 5 and clone.seed == 9 and float(clone.beta) == 2.0
 
 
 def test_user_encoder_with_a_single_output_and_sequential_decoder():
@@ -253,22 +253,32 @@ def test_compile_refuses_a_loss():
 def test_beta_is_a_variable_callbacks_can_anneal(digits):
     (images, _), _ = digits
     vae = build_conv_vae((8, 8, 1), 2, filters=(4,), beta=0.0)
+    # The README's promise: `vae.beta` is a non-trainable variable (`beta_variable` is an alias).
+    assert isinstance(vae.beta, keras.Variable) and not vae.beta.trainable
+    assert vae.beta is vae.beta_variable and any(w is vae.beta for w in vae.non_trainable_weights)
+    assert float(vae.beta) == 0.0
     vae.compile()
     seen = []
 
     class Anneal(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.model.beta = float(epoch)
+            if epoch == 1:
+                self.model.beta.assign(1.0)
+            elif epoch == 2:
+                self.model.beta = 0.5  # the checking setter
 
         def on_epoch_end(self, epoch, logs=None):
             seen.append((logs["loss"], logs["reconstruction"], logs["kl"]))
 
-    vae.fit(images[:128], epochs=2, batch_size=128, callbacks=[Anneal()], verbose=0)
-    (loss0, rec0, _), (loss1, rec1, kl1) = seen
+    vae.fit(images[:128], epochs=3, batch_size=128, callbacks=[Anneal()], verbose=0)
+    (loss0, rec0, _), (loss1, rec1, kl1), (loss2, rec2, kl2) = seen
     np.testing.assert_allclose(loss0, rec0, rtol=1e-5)  # beta = 0: loss is the reconstruction
     np.testing.assert_allclose(loss1, rec1 + kl1, rtol=1e-5)  # beta = 1 inside the compiled step
-    with pytest.raises(ValueError, match="beta to be a number >= 0"):
+    np.testing.assert_allclose(loss2, rec2 + 0.5 * kl2, rtol=1e-5)
+    assert float(vae.beta) == 0.5
+    with pytest.raises(ValueError, match=r"beta to be a number >= 0. Received: beta=-0.5"):
         vae.beta = -0.5
+    assert float(vae.beta) == 0.5
 
 
 def test_other_keras_backend_is_refused_at_import():

@@ -54,8 +54,9 @@ class VAE(keras.Model):
         likelihood: str or `tfvae.distributions.Likelihood`. `"bernoulli"` (logits; data in
             [0, 1]) or `"gaussian"` (mean from the decoder, learned per-channel scale).
         prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
-        beta: float >= 0. Weight of the KL term in training (kept in a variable, so callbacks
-            can anneal it during `fit`).
+        beta: float >= 0. Initial weight of the KL term in training. It is kept in a
+            non-trainable variable, `vae.beta`, so callbacks can anneal it during `fit`
+            (`vae.beta.assign(value)`).
         seed: int or None. Seed of the model's `keras.random.SeedGenerator` (the posterior
             noise). None draws one from Keras's global seed (`keras.utils.set_random_seed`).
         **kwargs: passed to `keras.Model` (`name`, `dtype`, ...).
@@ -257,9 +258,14 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------ the probabilistic model
     @property
-    def beta(self) -> float:
-        """The current KL weight (a non-trainable variable, so callbacks can change it)."""
-        return float(keras.ops.convert_to_numpy(self.beta_variable))
+    def beta(self) -> keras.Variable:
+        """The KL weight: a non-trainable scalar float32 `keras.Variable` read by every step.
+
+        `vae.beta.assign(0.3)` (or `vae.beta = 0.3`, which also checks the value) changes it for
+        the next step, also inside a compiled `fit`, so a callback can anneal it;
+        `float(vae.beta)` reads it. `beta_variable` is the same variable.
+        """
+        return self.beta_variable
 
     @beta.setter
     def beta(self, value: float):
