@@ -24,13 +24,15 @@ README = REPO_ROOT / "README.md"
 FENCED_BLOCK = re.compile(r"^```(?P<language>[\w-]*)\n(?P<code>.*?)^```[ \t]*$", re.S | re.M)
 SHELL_OPERATORS = {"&&", "||", ";", "|"}
 
-# Runs each block with the README's line numbers (tracebacks point into README.md) and says which
-# block failed; `BLOCKS` is filled in below.
+# Runs each block with the README's line numbers (tracebacks show README.md's lines) and says
+# which block failed; `README_TEXT` and `BLOCKS` are defined above it.
 DRIVER = """
+import linecache
 import sys
 import time
 import traceback
 
+linecache.cache["README.md"] = (len(README_TEXT), None, README_TEXT.splitlines(True), "README.md")
 namespace = {"__name__": "__main__"}
 for number, (line, code) in enumerate(BLOCKS, 1):
     started = time.perf_counter()
@@ -112,18 +114,24 @@ def all_option_strings(parser) -> set[str]:
 
 @pytest.mark.slow
 def test_readme_python_blocks_run_in_order_in_one_session(tmp_path):
-    blocks = [(line, code) for language, line, code in fenced_blocks(README.read_text()) if language == "python"]
+    readme = README.read_text()
+    blocks = [(line, code) for language, line, code in fenced_blocks(readme) if language == "python"]
     assert len(blocks) >= 7, blocks  # the API, export, tf.data, TFSMLayer, data, distribute, tuning
-    program = f"BLOCKS = {blocks!r}\n{DRIVER}"
-    result = subprocess.run(
-        [sys.executable, "-"],
-        input=program,
-        cwd=tmp_path,
-        env=cli_environment(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    program = f"README_TEXT = {readme!r}\nBLOCKS = {blocks!r}\n{DRIVER}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-"],
+            input=program,
+            cwd=tmp_path,
+            env=cli_environment(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except subprocess.TimeoutExpired as timeout:
+        output = timeout.stdout.decode() if isinstance(timeout.stdout, bytes) else timeout.stdout or ""
+        done = re.findall(r"^README_BLOCK_DONE (\d+)", output, flags=re.M)
+        pytest.fail(f"README ```python block {len(done) + 1} still ran after {timeout.timeout} s (blocks done: {done})")
     failed = re.search(r"^README_BLOCK_FAILED (\d+) (\d+) (.*)$", result.stderr, flags=re.M)
     if failed:
         number, line, error = failed.groups()
