@@ -106,7 +106,7 @@ def save_latent_scatter(vae, images, labels, path) -> None:
     figure.colorbar(points, ax=axes, label="label")
     axes.set_xlabel("z[0]")
     axes.set_ylabel("z[1]")
-    axes.set_title("Posterior means of the validation set")
+    axes.set_title(f"Posterior means of {len(means)} validation images")
     _save_figure(figure, path)
     plt.close(figure)
 
