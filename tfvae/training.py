@@ -34,8 +34,8 @@ from tfvae.callbacks import (
     MetricsCSVLogger,
     read_metrics_csv,
 )
+from tfvae.config import DEFAULT_SHUFFLE_BUFFER, check_training_options
 from tfvae.data import load
-from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -96,7 +96,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.filters = tuple(self.filters)
-        distribute.check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
+        check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)
         for name in ("epochs", "batch_size", "latent_dim"):
