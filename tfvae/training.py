@@ -18,10 +18,13 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -85,12 +88,33 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     return TrainConfig.from_dict(values, source=str(path))
 
 
+def load_keras_file(path: str | os.PathLike):
+    """`keras.models.load_model(path)` once the file is known to be an intact `.keras` archive.
+
+    Keras reports a file that is not a zip archive as "File not found"; this says what it is.
+
+    Raises:
+        ValueError: the file is empty, truncated or corrupt (a zip member fails its CRC check).
+        OSError: the file cannot be read.
+    """
+    contents = io.BytesIO(Path(path).read_bytes())  # a file that cannot be read raises OSError here
+    try:
+        with zipfile.ZipFile(contents) as archive:
+            damaged = archive.testzip()  # reads every member and checks its CRC
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, OSError):
+        damaged = "the archive"  # damaged headers: offsets, sizes or names that make no sense
+    if damaged is not None:
+        raise ValueError(f"'{path}' is not a readable .keras file (corrupt or truncated: {damaged} "
+                         "fails its checks).")
+    return keras.models.load_model(path)
+
+
 def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
     """Loads a run directory's model: "last" (model.keras) or "best" (checkpoints/best.keras).
 
     Raises:
         FileNotFoundError: the run directory or its model file does not exist.
-        ValueError: an unknown checkpoint name.
+        ValueError: an unknown checkpoint name, or a corrupt model file.
     """
     if checkpoint not in ("last", "best"):
         raise ValueError(f"Expected checkpoint 'last' or 'best'. Received: {checkpoint!r}")
@@ -100,7 +124,7 @@ def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
         raise FileNotFoundError(
             f"Expected a tfvae run directory holding {relative}. Received: '{run_dir}', which has none."
         )
-    return keras.models.load_model(path)
+    return load_keras_file(path)
 
 
 def load_data(config: TrainConfig, **overrides):
