@@ -178,6 +178,7 @@ def _run_train(args) -> int:
     config = resolve_train_config(args)
     if config.run_dir is None:  # named now, so an interruption can say what to resume
         config = dataclasses.replace(config, run_dir=str(default_run_dir(config)))
+    args.resolved_run_dir = config.run_dir
     try:
         metrics = train(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
     except KeyboardInterrupt:
@@ -211,15 +212,18 @@ def _add_evaluate_command(subparsers) -> None:
         "evaluate",
         help="test ELBO and importance-weighted negative log-likelihood of a trained run",
         description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
-        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data.",
+        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data. "
+        "It decodes examples x K images (10 million for MNIST's test set at the default K=1000, "
+        "tens of minutes on a laptop CPU); before its progress bar it prints that number and an "
+        "estimate of the time. --max-examples and --samples make it shorter.",
     )
     _add_model_arguments(parser)
     parser.add_argument("--dataset", help="data source (default: the run's dataset); its validation/test split is used")
     parser.add_argument("--data-dir", help="tensorflow-datasets data directory (default: the run's)")
     parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; dynamic runs are scored on one fixed binarization)")
-    parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000 (default: %(default)s)")
+    parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000; the cost grows with K (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
-    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of the held-out split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_run_evaluate)
@@ -408,7 +412,14 @@ def _run_tune(args) -> int:
         print(f"tfvae: tuning interrupted; the same command with --run-dir {config.train.run_dir} "
               "resumes it", file=sys.stderr)
         return 130
-    print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "best")}, indent=2))
+    if summary["trials_run"] == 0:
+        completed = sum(row["status"] == "COMPLETED" for row in summary["trials"])
+        if completed >= args.max_trials and args.tuner != "hyperband":
+            reason = f"it has {completed} completed trials, as many as --max-trials {args.max_trials}"
+        else:
+            reason = f"every combination of the tuned values has been tried ({completed} trials)"
+        print(f"tfvae: no trial ran: {reason}; the best of them is reported", file=sys.stderr)
+    print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "trials_run", "best")}, indent=2))
     return 0
 
 
@@ -489,15 +500,32 @@ def _start_tensorflow(verbose: bool) -> None:
         tf.config.list_physical_devices()
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for an expected failure: its message, or what the system said and about which path."""
-    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
-        path = Path(os.fsdecode(error.filename))
-        if path.name.startswith(".") and ".tmp" in path.name:
+#: The attribute of the parsed arguments naming where each command writes (train's is set
+#: once its run directory is known).
+_OUTPUT_ARGUMENT = {"train": "resolved_run_dir", "sample": "out", "export": "path", "tune": "run_dir"}
+
+
+def _output_of(args) -> str | None:
+    return getattr(args, _OUTPUT_ARGUMENT.get(args.command, ""), None)
+
+
+def describe_error(error: BaseException, output: str | os.PathLike | None = None) -> str:
+    """One line for an expected failure: its message, or what the system said about which path.
+
+    Args:
+        error: the exception.
+        output: where the command writes, named when a full disk's error names no file.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        path = Path(os.fsdecode(error.filename)) if error.filename is not None else None
+        if path is not None and path.name.startswith(".") and ".tmp" in path.name:
             path = path.parent  # a temporary file of an atomic write: name the folder written to
+        path = path or (Path(output) if output is not None else None)
         if error.errno == errno.ENOSPC:
-            return f"no space left on device while writing '{path}'; free some space and run the command again"
-        return f"{error.strerror}: '{path}'"
+            where = f" while writing '{path}'" if path is not None else ""
+            return f"no space left on device{where}; free some space and run the command again"
+        if path is not None:
+            return f"{error.strerror}: '{path}'"
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -520,7 +548,7 @@ def main(argv=None) -> int:
     except _USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"tfvae: error: {describe_error(error)}", file=sys.stderr)
+        print(f"tfvae: error: {describe_error(error, _output_of(args))}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 
