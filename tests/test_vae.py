@@ -291,6 +291,7 @@ def test_public_api():
     assert callable(tfvae.build_conv_vae) and isinstance(tfvae.__version__, str)
     assert tfvae.distributions.BernoulliLikelihood and tfvae.objectives.elbo_terms
     assert callable(tfvae.export_saved_model) and callable(tfvae.build_conv_encoder)
+    assert tfvae.models.VAE is VAE and callable(tfvae.export.read_metadata)
     assert set(tfvae.__all__) <= set(dir(tfvae))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         getattr(tfvae, "nope")  # noqa: B009

@@ -18,6 +18,9 @@ _PUBLIC_NAMES = {
     "distributions": "tfvae.distributions",
     "export_saved_model": "tfvae.export",
     "objectives": "tfvae.objectives",
+    # Submodules that `import tfvae` used to load, so `tfvae.export.read_metadata` still works.
+    "export": "tfvae.export",
+    "models": "tfvae.models",
 }
 
 __all__ = [

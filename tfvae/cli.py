@@ -520,8 +520,8 @@ def describe_error(error: BaseException, output: str | os.PathLike | None = None
         path = Path(os.fsdecode(error.filename)) if error.filename is not None else None
         if path is not None and path.name.startswith(".") and ".tmp" in path.name:
             path = path.parent  # a temporary file of an atomic write: name the folder written to
-        path = path or (Path(output) if output is not None else None)
         if error.errno == errno.ENOSPC:
+            path = path or (Path(output) if output is not None else None)
             where = f" while writing '{path}'" if path is not None else ""
             return f"no space left on device{where}; free some space and run the command again"
         if path is not None:
