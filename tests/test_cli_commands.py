@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -94,9 +95,12 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
 
 
 def test_evaluate_prints_a_table(latent_2d_run, capsys):
-    status, out, _ = _main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
+    status, out, err = _main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
     assert status == 0
     assert "IW NLL, K=5 (nats/image)" in out and "examples" in out and " 20\n" in out
+    # The cost, before the progress bar: examples x K decodes and the time it should take.
+    assert re.match(r"Scoring 20 examples x K=5 importance samples = 100 decodes: about \d+ s on this machine\.\n",
+                    err), err
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import run_cli
 
 import tfvae
+from tfvae.cli import main
 from tfvae.training import TrainConfig, load_data
 from tfvae.tuning import TuningConfig, VAEHyperModel, make_tuner, tune
 
@@ -206,3 +207,21 @@ def test_cli_tune_writes_the_run_and_resumes_it(tmp_path):
     assert json.loads(result.stdout)["resumed"] is True
     rows = read_rows(run_dir / "trials.csv")
     assert sorted(int(row["latent_dim"]) for row in rows) == [2, 4]
+
+
+def test_a_larger_max_trials_on_a_used_up_search_space_says_that_no_trial_ran(search, capsys):
+    # The search tried all three latent sizes: a larger --max-trials has nothing left to try.
+    config, summary = search
+    before = read_rows(f"{summary['run_dir']}/trials.csv")
+    args = ["tune", "--latent-dims", "2,8,16", "--filters", "4,8", "--epochs", str(config.train.epochs),
+            "--learning-rate", str(config.train.learning_rate), "--max-trials", "5", "--quiet",
+            "--run-dir", summary["run_dir"]]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    output = json.loads(captured.out)
+    assert output["resumed"] is True and output["trials_run"] == 0
+    assert output["best"]["best_value"] == pytest.approx(summary["best"]["best_value"])
+    assert ("tfvae: no trial ran: every combination of the tuned values has been tried (3 trials); "
+            "the best of them is reported") in captured.err.splitlines()
+    assert read_rows(f"{summary['run_dir']}/trials.csv") == before
+    assert summary["trials_run"] == 3  # the first search ran all three

@@ -281,15 +281,17 @@ def test_beta_is_a_variable_callbacks_can_anneal(digits):
     assert float(vae.beta) == 0.5
 
 
-def test_other_keras_backend_is_refused_at_import():
+def test_other_keras_backend_is_refused_at_first_use():
+    # `import tfvae` is lazy (PEP 562): the check runs when a name that needs Keras is used.
     result = subprocess.run(
-        [sys.executable, "-c", "import tfvae"],
+        [sys.executable, "-c", "import tfvae; print(tfvae.__version__, flush=True); tfvae.VAE"],
         env=cli_environment({"KERAS_BACKEND": "jax"}),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode != 0
+    assert result.stdout.strip() == tfvae.__version__
     assert "ImportError: tfvae needs Keras on the TensorFlow backend" in result.stderr
     assert "Received: KERAS_BACKEND='jax'" in result.stderr
 
@@ -297,3 +299,9 @@ def test_other_keras_backend_is_refused_at_import():
 def test_public_api():
     assert tfvae.VAE is VAE
     assert callable(tfvae.build_conv_vae) and isinstance(tfvae.__version__, str)
+    assert tfvae.distributions.BernoulliLikelihood and tfvae.objectives.elbo_terms
+    assert callable(tfvae.export_saved_model) and callable(tfvae.build_conv_encoder)
+    assert tfvae.models.VAE is VAE and callable(tfvae.export.read_metadata)
+    assert set(tfvae.__all__) <= set(dir(tfvae))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        getattr(tfvae, "nope")  # noqa: B009

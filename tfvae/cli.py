@@ -1,8 +1,12 @@
 """The `tfvae` command line: train, evaluate, sample, export and tune.
 
-Expected user errors (a bad flag value, a missing file, a run directory that would be
-overwritten) print one line, `tfvae: error: ...`, and exit with status 2; `--debug` shows the
-traceback instead.
+Expected user errors (a bad flag value, a missing or corrupt file, a run directory that would be
+overwritten, a folder that cannot be written) print one line, `tfvae: error: ...`, and exit with
+status 2; `--debug` shows the traceback instead. Ctrl-C prints one line and exits with 130.
+
+The arguments are parsed before TensorFlow is imported (this module and those it imports at the
+top need none), so `--help` and flag errors answer at once. What TensorFlow's native code writes
+to stderr while it starts is kept back unless `--verbose` (or `TFVAE_VERBOSE=1`) asks for it.
 """
 
 from __future__ import annotations
@@ -10,15 +14,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import os
+import shlex
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
+from tfvae.config import DATA_FIELDS, MIXED_PRECISION_POLICIES, STRATEGY_NAMES, TrainConfig
 from tfvae.data.arguments import add_data_arguments
-from tfvae.training import DATA_FIELDS
 
 EXIT_USER_ERROR = 2
+#: The shell's status for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+#: An environment variable that does what `--verbose` does.
+VERBOSE_VARIABLE = "TFVAE_VERBOSE"
+#: The failures a user can cause and fix, reported as one line (others keep their traceback).
+_USER_ERRORS = (ValueError, OSError, ImportError, zipfile.BadZipFile)
 #: Settings that may change when a run is resumed: how long and how it runs, not what it trains.
 _RESUMABLE_SETTINGS = ("epochs", "strategy", "mixed_precision", "jit_compile")
 #: The flags of `add_data_arguments`, which are TrainConfig fields of the same names.
@@ -74,8 +88,6 @@ _TRAIN_SETTINGS = (
 
 
 def _add_train_command(subparsers) -> None:
-    from tfvae.training import TrainConfig  # noqa: PLC0415
-
     defaults = TrainConfig()
     parser = subparsers.add_parser(
         "train",
@@ -97,8 +109,6 @@ def _add_train_command(subparsers) -> None:
 
 
 def _add_distribution_flags(parser) -> None:
-    from tfvae.distribute import MIXED_PRECISION_POLICIES, STRATEGY_NAMES  # noqa: PLC0415
-
     parser.add_argument(
         "--strategy",
         choices=STRATEGY_NAMES,
@@ -140,7 +150,8 @@ def resolve_train_config(args):
         ValueError: an unknown setting, a bad value, or a setting changed on resume.
         FileNotFoundError: a missing config file or run directory.
     """
-    from tfvae.training import TrainConfig, load_run_config, read_config_file  # noqa: PLC0415
+    from tfvae.config import read_config_file  # noqa: PLC0415
+    from tfvae.training import load_run_config  # noqa: PLC0415
 
     typed = _typed_settings(args)
     if args.resume:
@@ -162,10 +173,24 @@ def resolve_train_config(args):
 
 
 def _run_train(args) -> int:
-    from tfvae.training import train  # noqa: PLC0415
+    from tfvae.training import CONFIG_FILE, default_run_dir, train  # noqa: PLC0415
 
     config = resolve_train_config(args)
-    metrics = train(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
+    if config.run_dir is None:  # named now, so an interruption can say what to resume
+        config = dataclasses.replace(config, run_dir=str(default_run_dir(config)))
+    args.resolved_run_dir = config.run_dir
+    try:
+        metrics = train(config, resume=bool(args.resume), verbose=0 if args.quiet else "auto")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        if (Path(config.run_dir) / CONFIG_FILE).is_file():
+            print("tfvae: training interrupted; continue it with: tfvae train --resume "
+                  f"{shlex.quote(config.run_dir)}", file=sys.stderr)
+        else:
+            print("tfvae: training interrupted before its run directory was written; nothing "
+                  "to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps(metrics, indent=2))
     if metrics["stopped_on_nan"]:
         print(f"tfvae: training stopped on a NaN loss; {metrics['run_dir']}/model.keras holds the "
@@ -187,15 +212,18 @@ def _add_evaluate_command(subparsers) -> None:
         "evaluate",
         help="test ELBO and importance-weighted negative log-likelihood of a trained run",
         description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
-        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data.",
+        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data. "
+        "It decodes examples x K images (10 million for MNIST's test set at the default K=1000, "
+        "tens of minutes on a laptop CPU); before its progress bar it prints that number and an "
+        "estimate of the time. --max-examples and --samples make it shorter.",
     )
     _add_model_arguments(parser)
     parser.add_argument("--dataset", help="data source (default: the run's dataset); its validation/test split is used")
     parser.add_argument("--data-dir", help="tensorflow-datasets data directory (default: the run's)")
     parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; dynamic runs are scored on one fixed binarization)")
-    parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000 (default: %(default)s)")
+    parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000; the cost grows with K (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
-    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of the held-out split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_run_evaluate)
@@ -303,11 +331,10 @@ def _run_export(args) -> int:
             "Expected a run directory holding model.keras (as written by tfvae train) or a "
             f".keras file. Received: '{args.run_dir}', where '{model_file}' does not exist."
         )
-    import keras  # noqa: PLC0415
-
     import tfvae  # noqa: PLC0415
+    from tfvae.training import load_keras_file  # noqa: PLC0415
 
-    vae = keras.models.load_model(model_file)
+    vae = load_keras_file(model_file)
     if not isinstance(vae, tfvae.VAE):
         raise ValueError(f"Expected '{model_file}' to hold a tfvae.VAE. Received: a "
                          f"{type(vae).__name__}")
@@ -337,8 +364,6 @@ def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:
 
 
 def _add_tune_command(subparsers) -> None:
-    from tfvae.training import TrainConfig  # noqa: PLC0415
-
     defaults = TrainConfig()
     parser = subparsers.add_parser(
         "tune",
@@ -366,7 +391,6 @@ def _add_tune_command(subparsers) -> None:
 
 
 def _run_tune(args) -> int:
-    from tfvae.training import TrainConfig  # noqa: PLC0415
     from tfvae.tuning import TuningConfig, default_run_dir, tune  # noqa: PLC0415
 
     fixed = [flag[2:].replace("-", "_") for flag in _TUNE_FIXED_SETTINGS]
@@ -388,37 +412,143 @@ def _run_tune(args) -> int:
         print(f"tfvae: tuning interrupted; the same command with --run-dir {config.train.run_dir} "
               "resumes it", file=sys.stderr)
         return 130
-    print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "best")}, indent=2))
+    if summary["trials_run"] == 0:
+        completed = sum(row["status"] == "COMPLETED" for row in summary["trials"])
+        if completed >= args.max_trials and args.tuner != "hyperband":
+            reason = f"it has {completed} completed trials, as many as --max-trials {args.max_trials}"
+        else:
+            reason = f"every combination of the tuned values has been tried ({completed} trials)"
+        print(f"tfvae: no trial ran: {reason}; the best of them is reported", file=sys.stderr)
+    print(json.dumps({key: summary[key] for key in ("run_dir", "resumed", "trials_run", "best")}, indent=2))
     return 0
 
 
 # --------------------------------------------------------------------------- main
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose flag errors are one short usage line and the error (status 2)."""
+
+    def error(self, message):
+        positionals = [action.metavar or action.dest for action in self._get_positional_actions()]
+        usage = " ".join([self.prog, "[options]", *positionals])
+        self.exit(EXIT_USER_ERROR, f"usage: {usage}  (all options: {self.prog} --help)\n"
+                                   f"{self.prog}: error: {message}\n")
+
+
+def _add_output_flags(parser, default) -> None:
+    """`--debug` and `--verbose`, accepted before and after the command's name."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show full tracebacks for user errors and Ctrl-C")
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help=f"show TensorFlow's start-up messages (as {VERBOSE_VARIABLE}=1 does)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tfvae` with all its commands."""
-    parser = argparse.ArgumentParser(prog="tfvae", description="Variational autoencoders for Keras 3 and TensorFlow.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
+    parser = _Parser(prog="tfvae", description="Variational autoencoders for Keras 3 and TensorFlow.")
+    _add_output_flags(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_command(subparsers)
     _add_evaluate_command(subparsers)
     _add_sample_command(subparsers)
     _add_export_command(subparsers)
     _add_tune_command(subparsers)
+    for command in subparsers.choices.values():
+        # Not given after the command: keep the value parsed before it.
+        _add_output_flags(command, default=argparse.SUPPRESS)
     return parser
 
 
+@contextlib.contextmanager
+def _native_stderr_kept_back(replay: bool):
+    """Sends what is written to file descriptor 2 inside the block to a temporary file.
+
+    TensorFlow's C++ start-up messages (oneDNN, CUDA probing, CPU features) ignore
+    `TF_CPP_MIN_LOG_LEVEL`; they are written to stderr again after the block when `replay`.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if replay:
+                kept.seek(0)
+                sys.stderr.write(kept.read().decode(errors="replace"))
+                sys.stderr.flush()
+
+
+def _start_tensorflow(verbose: bool) -> None:
+    """Imports TensorFlow and Keras (checking the backend) with their start-up output kept back.
+
+    Raises:
+        ImportError: Keras is set to another backend than TensorFlow.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    with _native_stderr_kept_back(replay=verbose):
+        from tfvae._backend import require_tensorflow_backend  # noqa: PLC0415
+
+        require_tensorflow_backend()
+        import tensorflow as tf  # noqa: PLC0415
+
+        # The CUDA probe logs when devices are first listed. Listing them leaves the runtime
+        # uninitialized, so logical devices and multi-worker strategies can still be set up.
+        tf.config.list_physical_devices()
+
+
+#: The attribute of the parsed arguments naming where each command writes (train's is set
+#: once its run directory is known).
+_OUTPUT_ARGUMENT = {"train": "resolved_run_dir", "sample": "out", "export": "path", "tune": "run_dir"}
+
+
+def _output_of(args) -> str | None:
+    return getattr(args, _OUTPUT_ARGUMENT.get(args.command, ""), None)
+
+
+def describe_error(error: BaseException, output: str | os.PathLike | None = None) -> str:
+    """One line for an expected failure: its message, or what the system said about which path.
+
+    Args:
+        error: the exception.
+        output: where the command writes, named when a full disk's error names no file.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        path = Path(os.fsdecode(error.filename)) if error.filename is not None else None
+        if path is not None and path.name.startswith(".") and ".tmp" in path.name:
+            path = path.parent  # a temporary file of an atomic write: name the folder written to
+        if error.errno == errno.ENOSPC:
+            path = path or (Path(output) if output is not None else None)
+            where = f" while writing '{path}'" if path is not None else ""
+            return f"no space left on device{where}; free some space and run the command again"
+        if path is not None:
+            return f"{error.strerror}: '{path}'"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv=None) -> int:
-    """Runs `tfvae`; returns the exit status (2 for a user error, with one line on stderr)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Runs `tfvae`; returns the exit status (2 for a user error, with one line on stderr; 130 for Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else [str(token) for token in argv]
     args = build_parser().parse_args(argv)
     args.command_line = argv
+    verbose = args.verbose or os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        _start_tensorflow(verbose)
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        message = " ".join(str(error).split())
-        print(f"tfvae: error: {message}", file=sys.stderr)
+        print(f"tfvae: {args.command} interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"tfvae: error: {describe_error(error, _output_of(args))}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -16,8 +16,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+# Re-exported: the names live in the TensorFlow-free tfvae.config, for the command line's parser.
+from tfvae.config import (  # noqa: F401
+    MIXED_PRECISION_POLICIES,
+    STRATEGY_NAMES,
+    check_mixed_precision,
+    check_training_options,
+)
+
 #: The file `keras.callbacks.BackupAndRestore` writes after each epoch (its presence marks a run
 #: that was interrupted and can resume).
 BACKUP_METADATA_FILE = "training_metadata.json"
@@ -178,48 +184,6 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
         return True
     has_chief_job = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and not has_chief_job
-
-
-def check_mixed_precision(policy: str | None) -> str | None:
-    """Returns `policy` if it is None or one of `MIXED_PRECISION_POLICIES`.
-
-    Raises:
-        ValueError: any other value.
-    """
-    if policy is not None and policy not in MIXED_PRECISION_POLICIES:
-        raise ValueError(
-            f"Expected mixed_precision to be one of {list(MIXED_PRECISION_POLICIES)} or None. "
-            f"Received: mixed_precision={policy!r}"
-        )
-    return policy
-
-
-def check_training_options(strategy: str, mixed_precision: str | None, jit_compile: bool) -> None:
-    """Checks the distribution options of a training run (`tfvae train`) without acting on them.
-
-    XLA (`jit_compile=True`) is allowed only with the `default` and `one_device` strategies:
-    under a strategy Keras compiles the whole replicated step, `strategy.run` included, as one
-    XLA function, which cannot reach the other replicas' variables (MirroredStrategy fails with
-    "Trying to access resource ... located in device ..."), and TPUStrategy compiles with XLA
-    anyway.
-
-    Raises:
-        ValueError: an unknown strategy or policy, a non-bool jit_compile, or XLA with a
-            distributing strategy.
-    """
-    if strategy not in STRATEGY_NAMES:
-        raise ValueError(f"Unknown strategy '{strategy}'. Expected one of {list(STRATEGY_NAMES)}.")
-    check_mixed_precision(mixed_precision)
-    if not isinstance(jit_compile, bool):
-        raise ValueError(
-            f"Expected jit_compile to be a bool. Received: jit_compile={jit_compile!r}"
-        )
-    if jit_compile and strategy not in ("default", "one_device"):
-        raise ValueError(
-            "Expected jit_compile (XLA) only with strategy 'default' or 'one_device': Keras "
-            "compiles the whole replicated step as one XLA function, which fails under "
-            f"'{strategy}'. Received: jit_compile=True with strategy '{strategy}'."
-        )
 
 
 @contextlib.contextmanager

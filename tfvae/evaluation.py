@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import tensorflow as tf
 
@@ -25,6 +27,52 @@ def bits_per_dim(nll_nats: float, image_shape, discrete: bool) -> float:
     dims = math.prod(image_shape)
     correction = 0.0 if discrete else dims * math.log(256.0)
     return (nll_nats + correction) / (dims * math.log(2.0))
+
+
+#: Images decoded at once by `VAE.importance_weighted_nll` (its `max_decodes`): K is split into
+#: chunks of this many decodes per batch, so the cost estimate times one such chunk.
+_DECODES_PER_CHUNK = 20_000
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_cost(vae, held_out: tf.data.Dataset, num_examples: int | None, num_samples: int, seed: int = 0) -> str:
+    """Times the importance-weighted estimate on the first batch; says what the whole will cost.
+
+    The first batch is scored twice with one chunk of K (the first call builds the compiled
+    step that the full run reuses, the second is timed), so the estimate is that of this
+    machine, this model and this batch size.
+
+    Args:
+        vae: the `tfvae.VAE` to evaluate.
+        held_out: the `tf.data.Dataset` of image batches to be scored.
+        num_examples: how many examples it holds, or None when unknown.
+        num_samples: K, importance samples per example.
+        seed: seed of the importance samples.
+
+    Returns:
+        One line: examples x K = decodes, and the estimated time.
+    """
+    first = held_out.take(1)
+    batch = next(iter(first))
+    batch_size = int((batch[0] if isinstance(batch, (list, tuple)) else batch).shape[0])
+    samples = min(num_samples, max(1, _DECODES_PER_CHUNK // batch_size))
+    vae.importance_weighted_nll(first, num_samples=samples, seed=seed)
+    started = time.perf_counter()
+    vae.importance_weighted_nll(first, num_samples=samples, seed=seed)
+    seconds_per_decode = (time.perf_counter() - started) / (batch_size * samples)
+    if num_examples is None:
+        return (f"Scoring an unknown number of examples x K={num_samples:,} importance samples: about "
+                f"{_duration(seconds_per_decode * 1000 * num_samples)} per 1,000 examples on this machine.")
+    decodes = num_examples * num_samples
+    return (f"Scoring {num_examples:,} examples x K={num_samples:,} importance samples = {decodes:,} "
+            f"decodes: about {_duration(seconds_per_decode * decodes)} on this machine.")
 
 
 def evaluate_run(
@@ -50,7 +98,8 @@ def evaluate_run(
         batch_size: examples per batch.
         max_examples: score only the first N examples.
         seed: seed of the importance samples.
-        verbose: show a progress bar.
+        verbose: print the cost (examples x K decodes and an estimate of the time, see
+            `estimate_cost`) to stderr, then show a progress bar.
 
     Returns:
         `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "run_dir", "checkpoint"}`
@@ -64,6 +113,7 @@ def evaluate_run(
     vae = load_run_model(run_dir, checkpoint)
     data = load_data(config, dataset=dataset, data_dir=data_dir, binarize=binarize, batch_size=batch_size)
     held_out = data.validation
+    count = data.num_validation
     if max_examples:
         held_out = held_out.unbatch().take(max_examples).batch(batch_size)
         if data.num_validation is not None:
@@ -71,6 +121,8 @@ def evaluate_run(
             held_out = held_out.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
     vae.check_data(held_out, "the evaluation data")
     elbo = vae.evaluate(held_out, verbose=0, return_dict=True)["elbo"]
+    if verbose:
+        print(estimate_cost(vae, held_out, count, num_samples, seed), file=sys.stderr, flush=True)
     nll = vae.importance_weighted_nll(held_out, num_samples=num_samples, seed=seed, verbose=verbose)
     result = {
         "run_dir": str(run_dir),

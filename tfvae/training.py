@@ -18,10 +18,13 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -34,8 +37,8 @@ from tfvae.callbacks import (
     MetricsCSVLogger,
     read_metrics_csv,
 )
+from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F401 (defined there, TF-free)
 from tfvae.data import load
-from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -45,114 +48,6 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 BEST_CHECKPOINT = "checkpoints/best.keras"
 BACKUP_DIR = "backup"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as `config.json` in the run directory.
-
-    Attributes:
-        dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
-            cache, shuffle_buffer: the data, as the arguments of `tfvae.data.load` (default:
-            the built-in digits, as stored).
-        latent_dim: int. The size of z.
-        filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
-        hidden_units: int or None. An extra dense layer in encoder and decoder.
-        likelihood: str. "bernoulli" or "gaussian".
-        beta: float. Weight of the KL term.
-        epochs: int. The total number of epochs of the run (a resumed run ends there too).
-        batch_size: int. The global batch size.
-        learning_rate: float. Adam's learning rate.
-        seed: int. Seeds weights, noise, shuffling and the pictures.
-        run_dir: str or None. Where the run is written (default `runs/<dataset>-<time>`).
-        strategy: str. A `tfvae.distribute.get_strategy` name ("default", "mirrored",
-            "multi_worker", ...).
-        mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
-        jit_compile: bool. Compile the train step with XLA (default/one_device strategies).
-    """
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    binarize: str = "none"
-    threshold: float | None = None
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
-    validation_fraction: float = 0.1
-    cache: str = "auto"
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
-    latent_dim: int = 8
-    filters: tuple[int, ...] = (32, 64)
-    hidden_units: int | None = None
-    likelihood: str = "bernoulli"
-    beta: float = 1.0
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    run_dir: str | None = None
-    strategy: str = "default"
-    mixed_precision: str | None = None
-    jit_compile: bool = False
-
-    def __post_init__(self):
-        self.filters = tuple(self.filters)
-        distribute.check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
-        if self.image_size is not None:
-            self.image_size = tuple(self.image_size)
-        for name in ("epochs", "batch_size", "latent_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
-        if isinstance(self.learning_rate, bool) or not (
-            isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
-        ):
-            raise ValueError(f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}")
-        if isinstance(self.beta, bool) or not (isinstance(self.beta, (int, float)) and self.beta >= 0):
-            raise ValueError(f"Expected beta to be a number >= 0. Received: beta={self.beta!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
-        """Builds a config from a dict whose keys are field names (dashes allowed).
-
-        Raises:
-            ValueError: an unknown key, or a value the fields reject.
-        """
-        known = {field.name for field in dataclasses.fields(cls)}
-        normalized = {str(key).replace("-", "_"): value for key, value in values.items()}
-        unknown = sorted(set(normalized) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown setting(s) {unknown} in {source}. Expected keys among {sorted(known)}."
-            )
-        return cls(**normalized)
-
-
-def read_config_file(path: str | os.PathLike) -> dict:
-    """Reads a JSON or YAML file of settings (a mapping).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not parseable, or not a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Expected a JSON or YAML config file. Received: '{path}', which does not exist.")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml  # noqa: PLC0415
-
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-    except Exception as error:  # yaml and json raise their own types
-        raise ValueError(f"Could not parse the config file '{path}': {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"Expected the config file '{path}' to hold a mapping of settings. "
-            f"Received: {type(values).__name__}"
-        )
-    return values
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -193,12 +88,33 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     return TrainConfig.from_dict(values, source=str(path))
 
 
+def load_keras_file(path: str | os.PathLike):
+    """`keras.models.load_model(path)` once the file is known to be an intact `.keras` archive.
+
+    Keras reports a file that is not a zip archive as "File not found"; this says what it is.
+
+    Raises:
+        ValueError: the file is empty, truncated or corrupt (a zip member fails its CRC check).
+        OSError: the file cannot be read.
+    """
+    contents = io.BytesIO(Path(path).read_bytes())  # a file that cannot be read raises OSError here
+    try:
+        with zipfile.ZipFile(contents) as archive:
+            damaged = archive.testzip()  # reads every member and checks its CRC
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, OSError):
+        damaged = "the archive"  # damaged headers: offsets, sizes or names that make no sense
+    if damaged is not None:
+        raise ValueError(f"'{path}' is not a readable .keras file (corrupt or truncated: {damaged} "
+                         "fails its checks).")
+    return keras.models.load_model(path)
+
+
 def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
     """Loads a run directory's model: "last" (model.keras) or "best" (checkpoints/best.keras).
 
     Raises:
         FileNotFoundError: the run directory or its model file does not exist.
-        ValueError: an unknown checkpoint name.
+        ValueError: an unknown checkpoint name, or a corrupt model file.
     """
     if checkpoint not in ("last", "best"):
         raise ValueError(f"Expected checkpoint 'last' or 'best'. Received: {checkpoint!r}")
@@ -208,13 +124,7 @@ def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
         raise FileNotFoundError(
             f"Expected a tfvae run directory holding {relative}. Received: '{run_dir}', which has none."
         )
-    return keras.models.load_model(path)
-
-
-#: The TrainConfig fields that are arguments of `tfvae.data.load`.
-DATA_FIELDS = (
-    "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
-)
+    return load_keras_file(path)
 
 
 def load_data(config: TrainConfig, **overrides):

@@ -407,6 +407,11 @@ def export_best(tuner: keras_tuner.Tuner, best_dir: Path, extra: dict) -> dict:
     return summary
 
 
+def _completed_trials(tuner: keras_tuner.Tuner) -> int:
+    completed = keras_tuner.engine.trial.TrialStatus.COMPLETED
+    return sum(trial.status == completed for trial in tuner.oracle.trials.values())
+
+
 def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Searches the latent size (and the other tuned settings) and writes a tuning run directory.
 
@@ -421,8 +426,9 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
 
     Returns:
         A summary: `run_dir`, `resumed`, `trials` (the rows of trials.csv), `best` (the best
-        trial, its hyperparameters and value, and the exported files), also in
-        `best/summary.json`.
+        trial, its hyperparameters and value, and the exported files, also in
+        `best/summary.json`), `trials_run` (trials completed by this call: 0 when a resumed
+        search had reached `max_trials` or had tried every combination of the tuned values).
 
     Raises:
         ValueError: bad settings or data, or a run directory holding other settings.
@@ -439,6 +445,7 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
 
     tuner = make_tuner(hypermodel, config.tuner, run_dir, config.max_trials, config.train.epochs,
                        seed=config.train.seed)
+    completed_before = _completed_trials(tuner)
     tuner.search(
         data.train,
         validation_data=data.validation,
@@ -462,4 +469,5 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
         minimize=tuner.oracle.objective.direction == "min",
     )
     best = export_best(tuner, run_dir / BEST_DIR, {"dataset": config.train.dataset, "tuning_run": str(run_dir)})
-    return {"run_dir": str(run_dir), "resumed": resumed, "trials": rows, "best": best}
+    return {"run_dir": str(run_dir), "resumed": resumed, "trials": rows, "best": best,
+            "trials_run": _completed_trials(tuner) - completed_before}

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER, DataSplits, load
+# TensorFlow-free, so that the command line parses its flags before TensorFlow is imported.
+from tfvae.config import DEFAULT_SHUFFLE_BUFFER
+
+if TYPE_CHECKING:
+    from tfvae.data.pipeline import DataSplits
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -87,6 +92,8 @@ def load_from_arguments(args: argparse.Namespace, batch_size: int, seed: int) ->
     Raises:
         ValueError, FileNotFoundError: as `tfvae.data.load`.
     """
+    from tfvae.data.pipeline import load  # noqa: PLC0415 (imports TensorFlow)
+
     return load(
         args.dataset,
         batch_size=batch_size,

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfvae.config import DEFAULT_SHUFFLE_BUFFER
 from tfvae.data import preprocessing
 from tfvae.data.sources import Source, digits_source, local_source, looks_like_path
 from tfvae.data.tfds_source import tfds_source
 
 #: With cache="auto", a split is cached in memory when its stored images take at most this.
 DEFAULT_MAX_CACHE_BYTES = 1 << 30
-DEFAULT_SHUFFLE_BUFFER = 10_000
 #: Examples read to choose `validation_examples` from.
 _EXAMPLE_POOL = 2048
 # Distinct stateless-seed streams, so training and validation samples are independent.

@@ -1,0 +1,171 @@
+"""Training settings that need no TensorFlow: the command line parses its flags with them first.
+
+`tfvae --help` and flag errors must answer without the seconds TensorFlow takes to import, so
+the names and checks the parser and `TrainConfig` use live here, importing nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+#: The TrainConfig fields that are arguments of `tfvae.data.load`.
+DATA_FIELDS = (
+    "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
+)
+#: Examples in the training data's shuffle buffer (`tfvae.data.load`'s default).
+DEFAULT_SHUFFLE_BUFFER = 10_000
+
+
+def check_mixed_precision(policy: str | None) -> str | None:
+    """Returns `policy` if it is None or one of `MIXED_PRECISION_POLICIES`.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if policy is not None and policy not in MIXED_PRECISION_POLICIES:
+        raise ValueError(
+            f"Expected mixed_precision to be one of {list(MIXED_PRECISION_POLICIES)} or None. "
+            f"Received: mixed_precision={policy!r}"
+        )
+    return policy
+
+
+def check_training_options(strategy: str, mixed_precision: str | None, jit_compile: bool) -> None:
+    """Checks the distribution options of a training run (`tfvae train`) without acting on them.
+
+    XLA (`jit_compile=True`) is allowed only with the `default` and `one_device` strategies:
+    under a strategy Keras compiles the whole replicated step, `strategy.run` included, as one
+    XLA function, which cannot reach the other replicas' variables (MirroredStrategy fails with
+    "Trying to access resource ... located in device ..."), and TPUStrategy compiles with XLA
+    anyway.
+
+    Raises:
+        ValueError: an unknown strategy or policy, a non-bool jit_compile, or XLA with a
+            distributing strategy.
+    """
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(f"Unknown strategy '{strategy}'. Expected one of {list(STRATEGY_NAMES)}.")
+    check_mixed_precision(mixed_precision)
+    if not isinstance(jit_compile, bool):
+        raise ValueError(
+            f"Expected jit_compile to be a bool. Received: jit_compile={jit_compile!r}"
+        )
+    if jit_compile and strategy not in ("default", "one_device"):
+        raise ValueError(
+            "Expected jit_compile (XLA) only with strategy 'default' or 'one_device': Keras "
+            "compiles the whole replicated step as one XLA function, which fails under "
+            f"'{strategy}'. Received: jit_compile=True with strategy '{strategy}'."
+        )
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as `config.json` in the run directory.
+
+    Attributes:
+        dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
+            cache, shuffle_buffer: the data, as the arguments of `tfvae.data.load` (default:
+            the built-in digits, as stored).
+        latent_dim: int. The size of z.
+        filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
+        hidden_units: int or None. An extra dense layer in encoder and decoder.
+        likelihood: str. "bernoulli" or "gaussian".
+        beta: float. Weight of the KL term.
+        epochs: int. The total number of epochs of the run (a resumed run ends there too).
+        batch_size: int. The global batch size.
+        learning_rate: float. Adam's learning rate.
+        seed: int. Seeds weights, noise, shuffling and the pictures.
+        run_dir: str or None. Where the run is written (default `runs/<dataset>-<time>`).
+        strategy: str. A `tfvae.distribute.get_strategy` name ("default", "mirrored",
+            "multi_worker", ...).
+        mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
+        jit_compile: bool. Compile the train step with XLA (default/one_device strategies).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "none"
+    threshold: float | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    validation_fraction: float = 0.1
+    cache: str = "auto"
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    latent_dim: int = 8
+    filters: tuple[int, ...] = (32, 64)
+    hidden_units: int | None = None
+    likelihood: str = "bernoulli"
+    beta: float = 1.0
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    run_dir: str | None = None
+    strategy: str = "default"
+    mixed_precision: str | None = None
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        self.filters = tuple(self.filters)
+        check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)
+        for name in ("epochs", "batch_size", "latent_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+        if isinstance(self.learning_rate, bool) or not (
+            isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
+        ):
+            raise ValueError(f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}")
+        if isinstance(self.beta, bool) or not (isinstance(self.beta, (int, float)) and self.beta >= 0):
+            raise ValueError(f"Expected beta to be a number >= 0. Received: beta={self.beta!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
+        """Builds a config from a dict whose keys are field names (dashes allowed).
+
+        Raises:
+            ValueError: an unknown key, or a value the fields reject.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        normalized = {str(key).replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(normalized) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown setting(s) {unknown} in {source}. Expected keys among {sorted(known)}."
+            )
+        return cls(**normalized)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Reads a JSON or YAML file of settings (a mapping).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not parseable, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a JSON or YAML config file. Received: '{path}', which does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # noqa: PLC0415
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # yaml and json raise their own types
+        raise ValueError(f"Could not parse the config file '{path}': {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"Expected the config file '{path}' to hold a mapping of settings. "
+            f"Received: {type(values).__name__}"
+        )
+    return values
