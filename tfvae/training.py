@@ -34,7 +34,7 @@ from tfvae.callbacks import (
     MetricsCSVLogger,
     read_metrics_csv,
 )
-from tfvae.data import load
+from tfvae.data import load, translate_pipeline_errors
 from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
@@ -273,11 +273,15 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         The final metrics, also written to `metrics.json`.
 
     Raises:
-        ValueError: a bad configuration or data.
+        ValueError: a bad configuration or data (a `tfvae.data.DataError` for a file that
+            cannot be read, also when found during training).
         FileExistsError: a new run's directory already holds files.
         FileNotFoundError: `resume` of a directory that is not a run.
     """
-    with distribute.DistributedJob(config.strategy, config.mixed_precision) as job:
+    # An image found unreadable mid-fit becomes a DataError naming the file.
+    with translate_pipeline_errors(), distribute.DistributedJob(
+        config.strategy, config.mixed_precision
+    ) as job:
         return _train(config, resume, job, verbose)
 
 

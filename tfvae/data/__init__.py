@@ -2,6 +2,15 @@
 
 from tfvae.data.arguments import add_data_arguments, load_from_arguments
 from tfvae.data.builtin import load_digits
+from tfvae.data.errors import DataError, translate_pipeline_errors
 from tfvae.data.pipeline import DataSplits, load
 
-__all__ = ["DataSplits", "add_data_arguments", "load", "load_digits", "load_from_arguments"]
+__all__ = [
+    "DataError",
+    "DataSplits",
+    "add_data_arguments",
+    "load",
+    "load_digits",
+    "load_from_arguments",
+    "translate_pipeline_errors",
+]
