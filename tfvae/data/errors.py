@@ -43,8 +43,8 @@ def data_error_from(error) -> DataError | None:
     found = _MARKED.search(error.message or "")
     if found is None:
         return None
-    # tf.debugging.Assert prints strings C-escaped (quotes, non-ASCII bytes as octal).
-    text = codecs.escape_decode(found.group(1).encode("latin-1", "backslashreplace"))[0]
+    # tf.debugging.Assert escapes quotes, backslashes and control bytes; UTF-8 passes as is.
+    text = codecs.escape_decode(found.group(1).encode("utf-8"))[0]
     return DataError(text.decode("utf-8", "replace"))
 
 

@@ -466,9 +466,11 @@ def _decoded_image_files(
         return expected + 1, example
 
     checked = decoded.concatenate(sentinel).scan(tf.constant(0, tf.int64), check_number)
-    return checked.filter(lambda image, label, number: number < count).map(
+    examples = checked.filter(lambda image, label, number: number < count).map(
         lambda image, label, number: (image, label)
     )
+    # The filter hides the count, which Keras uses for its progress bar and epoch ends.
+    return examples.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def local_source(
