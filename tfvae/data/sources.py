@@ -422,9 +422,10 @@ def _decoded_image_files(
     Only the first file's header is read before training (no decoding pass up front), so a
     corrupt file is found when the pipeline reaches it. TensorFlow's decode error does not
     say which file; instead a file that fails to read or decode is dropped (`ignore_errors`),
-    and a sequential check that the file numbers run 0, 1, 2, ... fails at the first gap with
-    a message naming that file, which `tfvae.data.translate_pipeline_errors` turns into a
-    `DataError`. A sentinel after the last file catches a dropped last file.
+    and a check that each example's file number equals its position in the stream fails at
+    the first gap with a message naming that file, which
+    `tfvae.data.translate_pipeline_errors` turns into a `DataError`. A sentinel after the
+    last file catches a dropped last file.
 
     Args:
         paths: string array `[N]` of file paths.
@@ -446,6 +447,7 @@ def _decoded_image_files(
 
     numbered = tf.data.Dataset.from_tensor_slices((paths, labels, np.arange(count, dtype=np.int64)))
     decoded = numbered.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    # When the last file is dropped, the sentinel takes its place and names it.
     sentinel = tf.data.Dataset.from_tensors((
         tf.zeros([size or 1 for size in static_shape], tf.uint8),
         tf.constant(NO_LABEL, tf.int64),
@@ -453,23 +455,23 @@ def _decoded_image_files(
     ))
     path_table = tf.constant(paths)
 
-    def check_number(expected, example):
-        missing = tf.gather(path_table, tf.minimum(expected, count - 1))
+    def check_number(position, example):
+        image, label, number = example
         tf.debugging.Assert(
-            tf.equal(example[2], expected),
+            tf.equal(number, position),
             [marked_message(
-                "Expected a readable PNG or JPEG image. Received: '", missing,
+                "Expected a readable PNG or JPEG image. Received: '",
+                tf.gather(path_table, position),
                 "', which cannot be read or decoded (corrupt, truncated or not an image); "
                 "remove or replace it.",
             )],
         )
-        return expected + 1, example
+        return image, label
 
-    checked = decoded.concatenate(sentinel).scan(tf.constant(0, tf.int64), check_number)
-    examples = checked.filter(lambda image, label, number: number < count).map(
-        lambda image, label, number: (image, label)
+    examples = decoded.concatenate(sentinel).take(count).enumerate().map(
+        check_number, num_parallel_calls=tf.data.AUTOTUNE
     )
-    # The filter hides the count, which Keras uses for its progress bar and epoch ends.
+    # `take` after `ignore_errors` hides the count, which Keras uses for its epoch ends.
     return examples.apply(tf.data.experimental.assert_cardinality(count))
 
 
