@@ -12,6 +12,7 @@ from PIL import Image
 
 from tfvae.cli import main
 from tfvae.data import load
+from tfvae.data.pipeline import source_short_name
 from tfvae.data.tfds_source import network_available
 
 
@@ -175,3 +176,12 @@ def test_unknown_tfds_configuration_is_one_clear_line():
     with pytest.raises(ValueError, match=r"known configuration.*'mnist/nope'.*BuilderConfig nope") as raised:
         load("mnist/nope")
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [("digits", "digits"), ("tfds:mnist", "mnist"), ("celeb_a/align:2.1.0", "celeb_a"),
+     ("data/train.npz", "train"), ("~/faces/", "faces"), ("my data.npy", "my-data"), ("..", "data")],
+)
+def test_default_run_names_have_no_prefix_or_odd_characters(source, name):
+    assert source_short_name(source) == name

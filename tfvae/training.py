@@ -35,7 +35,7 @@ from tfvae.callbacks import (
     read_metrics_csv,
 )
 from tfvae.data import load, translate_pipeline_errors
-from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
+from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER, source_short_name
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -157,7 +157,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 def default_run_dir(config: TrainConfig) -> Path:
     """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    name = Path(config.dataset).stem or "data"
+    name = source_short_name(config.dataset)
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,19 @@ def open_source(
         if "/" in source:  # not a tfds `name/config` either: a relative path, then
             raise missing_path from None
         raise
+
+
+def source_short_name(source: str) -> str:
+    """A short, file-name-safe name of a source, for default run directory names.
+
+    "digits" -> "digits", "tfds:mnist" -> "mnist", "celeb_a/align:2.1.0" -> "celeb_a",
+    "data/train.npz" -> "train", "~/faces/" -> "faces"; "data" when nothing is left.
+    """
+    if source.startswith(TFDS_PREFIX) or not looks_like_path(source):
+        stem = source.removeprefix(TFDS_PREFIX).split(":")[0].split("/")[0]
+    else:
+        stem = Path(source).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "data"
 
 
 def _prepare_fn(source: Source, image_size, channels, binarize, threshold, seed, stream):
