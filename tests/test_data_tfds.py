@@ -139,7 +139,9 @@ def test_local_folder_named_like_a_tfds_dataset_wins_and_says_so(tmp_path, monke
     assert local.image_shape == (6, 6, 1) and local.source_kind == "local folder"
     assert local.source_description == "local folder 'mnist'"
     [record] = [r for r in caplog.records if r.name.startswith("tfvae.data")]
-    assert f"local folder '{tmp_path / 'mnist'}' for dataset 'mnist'" in record.getMessage()
+    assert f"local folder '{tmp_path / 'mnist'}' for dataset 'mnist' (an existing path wins" in (
+        record.getMessage()
+    )
     assert "'tfds:mnist'" in record.getMessage()
     assert forced.image_shape == (28, 28, 1) and forced.source == "mnist"
     assert forced.source_description == "tensorflow-datasets 'mnist'"

@@ -183,8 +183,9 @@ def open_source(
     """Resolves `source` ('digits', a local path, a tfds name or `tfds:NAME`) to a `Source`.
 
     An existing local path wins over a tfds dataset of the same name (offline users keep
-    their copy in a folder named `mnist`); a warning on the `tfvae.data.pipeline` logger says
-    so. `tfds:NAME` always means tensorflow-datasets.
+    their copy in a folder named `mnist`); when the name could be a tfds name, a warning on
+    the `tfvae.data.pipeline` logger says which was used. `tfds:NAME` always means
+    tensorflow-datasets.
 
     Raises:
         FileNotFoundError: a path that does not exist; tfds data not prepared without network.
@@ -200,9 +201,10 @@ def open_source(
     if path.exists():
         opened = local_source(path, validation_fraction, seed, resizing, channels)
         if not looks_like_path(source):
+            # The name could also be a tfds dataset's; asking tfds would cost its slow import.
             _logger.warning(
-                "Using the %s '%s' for dataset '%s', not the tensorflow-datasets dataset of "
-                "that name; pass '%s%s' to use tensorflow-datasets.",
+                "Using the %s '%s' for dataset '%s' (an existing path wins over a "
+                "tensorflow-datasets name); pass '%s%s' to use tensorflow-datasets.",
                 opened.kind, path.resolve(), source, TFDS_PREFIX, source,
             )
         return opened
