@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -218,10 +219,13 @@ def test_unreadable_image_is_refused(tmp_path):
         load(str(tmp_path))
 
 
-def test_missing_path_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load(str(tmp_path / "missing.npz"))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load("./no/such/folder")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load("t10k-images-idx3-ubyte")
+@pytest.mark.parametrize(
+    "source",
+    ["missing.npz", "./no/such/folder", "t10k-images-idx3-ubyte", "data/nope.npy", "data/nope",
+     "./foo", "foo.npy", "~/no-such-tfvae-folder"],
+)
+def test_missing_path_is_refused(tmp_path, monkeypatch, source):
+    # Relative paths with a separator or a suffix are files, not "Unknown dataset" tfds names.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"Received: '{re.escape(source)}': no such file or folder"):
+        load(source)

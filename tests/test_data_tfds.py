@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
+from tfvae.cli import main
 from tfvae.data import load
+from tfvae.data.pipeline import source_short_name
 from tfvae.data.tfds_source import network_available
 
 
@@ -114,3 +118,72 @@ def test_network_check_answers_quickly_for_a_closed_port():
     started = time.perf_counter()
     assert not network_available(("127.0.0.1", 9), timeout=1.0)
     assert time.perf_counter() - started < 5
+
+
+def write_local_mnist_folder(folder) -> None:
+    """A folder of ten 6x6 gray PNGs, shaped unlike tfds's 28x28 mnist."""
+    folder.mkdir()
+    for index in range(10):
+        Image.fromarray(np.full((6, 6), index * 20, np.uint8)).save(folder / f"{index}.png")
+
+
+def test_local_folder_named_like_a_tfds_dataset_wins_and_says_so(tmp_path, monkeypatch, caplog):
+    data_dir = tmp_path / "tfds"
+    write_prepared_metadata(data_dir, "mnist", {"train": 20, "test": 10})
+    monkeypatch.chdir(tmp_path)
+    write_local_mnist_folder(tmp_path / "mnist")
+    with tfds.testing.mock_data(num_examples=20, data_dir=str(data_dir)):
+        with caplog.at_level(logging.WARNING, logger="tfvae.data"):
+            local = load("mnist", batch_size=4, data_dir=str(data_dir))
+        forced = load("tfds:mnist", batch_size=4, data_dir=str(data_dir))
+    assert local.image_shape == (6, 6, 1) and local.source_kind == "local folder"
+    assert local.source_description == "local folder 'mnist'"
+    [record] = [r for r in caplog.records if r.name.startswith("tfvae.data")]
+    assert f"local folder '{tmp_path / 'mnist'}' for dataset 'mnist' (an existing path wins" in (
+        record.getMessage()
+    )
+    assert "'tfds:mnist'" in record.getMessage()
+    assert forced.image_shape == (28, 28, 1) and forced.source == "mnist"
+    assert forced.source_description == "tensorflow-datasets 'mnist'"
+    assert (forced.num_train, forced.num_validation) == (20, 10)
+
+
+def test_tfds_name_without_a_local_folder_is_tfds_and_quiet(tmp_path, monkeypatch, caplog):
+    data_dir = tmp_path / "tfds"
+    write_prepared_metadata(data_dir, "mnist", {"train": 20, "test": 10})
+    monkeypatch.chdir(tmp_path)  # no ./mnist here
+    with tfds.testing.mock_data(num_examples=20, data_dir=str(data_dir)):
+        with caplog.at_level(logging.WARNING, logger="tfvae.data"):
+            splits = load("mnist", batch_size=4, data_dir=str(data_dir))
+    assert splits.source_kind == "tensorflow-datasets" and splits.image_shape == (28, 28, 1)
+    assert not [r for r in caplog.records if r.name.startswith("tfvae.data")]
+
+
+def test_cli_says_which_source_it_used(tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_local_mnist_folder(tmp_path / "mnist")
+    # A model that cannot be built for 6x6 images stops the run right after the data is read.
+    with caplog.at_level(logging.WARNING, logger="tfvae.data"):
+        status = main(["train", "--dataset", "mnist", "--filters", "4,4", "--quiet"])
+    assert status == 2 and "divisible by" in capsys.readouterr().err
+    assert any("Using the local folder" in r.getMessage() for r in caplog.records)
+
+
+def test_tfds_prefix_with_an_unknown_name_is_an_unknown_dataset():
+    with pytest.raises(ValueError, match="Unknown dataset 'no_such_set'"):
+        load("tfds:no_such_set")
+
+
+def test_unknown_tfds_configuration_is_one_clear_line():
+    with pytest.raises(ValueError, match=r"known configuration.*'mnist/nope'.*BuilderConfig nope") as raised:
+        load("mnist/nope")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [("digits", "digits"), ("tfds:mnist", "mnist"), ("celeb_a/align:2.1.0", "celeb_a"),
+     ("data/train.npz", "train"), ("~/faces/", "faces"), ("my data.npy", "my-data"), ("..", "data")],
+)
+def test_default_run_names_have_no_prefix_or_odd_characters(source, name):
+    assert source_short_name(source) == name

@@ -228,6 +228,15 @@ class CountingVAE(VAE):
         ),
         (tf.data.Dataset.from_tensor_slices(np.zeros((4, 8, 8, 1), "int32")).batch(2), r"Received: dtype int32"),
         (tf.data.Dataset.from_tensor_slices(np.full((4, 8, 8, 1), -1.0, "float32")).batch(2), r"Received: data in \[-1, -1\]"),
+        # A NumPy dict, as Keras accepts for models with named inputs: refused, not a TypeError mid-step.
+        ({"image": np.zeros((4, 8, 8, 1), "float32")}, r"Received a dict with keys \['image'\].*x\['image'\]"),
+        ((({"image": np.zeros((4, 8, 8, 1), "float32")}, None)), r"Received a dict with keys \['image'\]"),
+        (np.zeros((0, 8, 8, 1), "float32"), r"at least one image.*Received an empty array of shape \(0, 8, 8, 1\)"),
+        (tf.data.Dataset.from_tensor_slices(np.zeros((0, 8, 8, 1), "float32")).batch(2), r"at least one image.*Received an empty dataset"),
+        (
+            tf.data.Dataset.from_tensor_slices(np.zeros((4, 8, 8, 1), "float32")).filter(lambda x: False).batch(2),
+            r"at least one image.*Received a dataset that yields nothing",
+        ),
     ],
 )
 def test_bad_data_is_a_value_error_before_any_training_step(data, message):

@@ -8,6 +8,7 @@ import time
 
 import tensorflow as tf
 
+from tfvae.data import translate_pipeline_errors
 from tfvae.distributions import BernoulliLikelihood
 from tfvae.training import load_data, load_run_config, load_run_model
 
@@ -102,7 +103,8 @@ def evaluate_run(
             `estimate_cost`) to stderr, then show a progress bar.
 
     Returns:
-        `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "run_dir", "checkpoint"}`
+        `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "source", "run_dir",
+        "checkpoint"}` (`source` says where the data came from, e.g. "local folder 'mnist'")
         (per-image nats; `elbo` is a single-sample estimate), plus `bits_per_dim` for RGB data.
 
     Raises:
@@ -119,15 +121,17 @@ def evaluate_run(
         if data.num_validation is not None:
             count = min(max_examples, data.num_validation)
             held_out = held_out.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
-    vae.check_data(held_out, "the evaluation data")
-    elbo = vae.evaluate(held_out, verbose=0, return_dict=True)["elbo"]
-    if verbose:
-        print(estimate_cost(vae, held_out, count, num_samples, seed), file=sys.stderr, flush=True)
-    nll = vae.importance_weighted_nll(held_out, num_samples=num_samples, seed=seed, verbose=verbose)
+    with translate_pipeline_errors():  # an unreadable image becomes a DataError naming it
+        vae.check_data(held_out, "the evaluation data")
+        elbo = vae.evaluate(held_out, verbose=0, return_dict=True)["elbo"]
+        if verbose:
+            print(estimate_cost(vae, held_out, count, num_samples, seed), file=sys.stderr, flush=True)
+        nll = vae.importance_weighted_nll(held_out, num_samples=num_samples, seed=seed, verbose=verbose)
     result = {
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
         "dataset": dataset or config.dataset,
+        "source": data.source_description,
         "elbo": float(elbo),
         "iw_nll": float(nll.mean()),
         "num_samples": int(num_samples),
@@ -145,6 +149,7 @@ def format_table(result: dict) -> str:
         ("run", result["run_dir"]),
         ("checkpoint", result["checkpoint"]),
         ("dataset", result["dataset"]),
+        ("source", result["source"]),
         ("examples", str(result["num_examples"])),
         ("ELBO (nats/image)", f"{result['elbo']:.3f}"),
         (f"IW NLL, K={result['num_samples']} (nats/image)", f"{result['iw_nll']:.3f}"),

@@ -38,7 +38,8 @@ from tfvae.callbacks import (
     read_metrics_csv,
 )
 from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F401 (defined there, TF-free)
-from tfvae.data import load
+from tfvae.data import load, translate_pipeline_errors
+from tfvae.data.pipeline import source_short_name
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -52,7 +53,7 @@ BACKUP_DIR = "backup"
 
 def default_run_dir(config: TrainConfig) -> Path:
     """`runs/<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    name = Path(config.dataset).stem or "data"
+    name = source_short_name(config.dataset)
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -183,11 +184,15 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         The final metrics, also written to `metrics.json`.
 
     Raises:
-        ValueError: a bad configuration or data.
+        ValueError: a bad configuration or data (a `tfvae.data.DataError` for a file that
+            cannot be read, also when found during training).
         FileExistsError: a new run's directory already holds files.
         FileNotFoundError: `resume` of a directory that is not a run.
     """
-    with distribute.DistributedJob(config.strategy, config.mixed_precision) as job:
+    # An image found unreadable mid-fit becomes a DataError naming the file.
+    with translate_pipeline_errors(), distribute.DistributedJob(
+        config.strategy, config.mixed_precision
+    ) as job:
         return _train(config, resume, job, verbose)
 
 

@@ -29,6 +29,7 @@ import keras_tuner
 import tensorflow as tf
 
 from tfvae import pictures
+from tfvae.data.pipeline import source_short_name
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_vae
@@ -301,7 +302,7 @@ class TuningConfig:
 
 def default_run_dir(config: TuningConfig) -> Path:
     """`runs/tune-<dataset>-<YYYYmmdd-HHMMSS>` under the working directory."""
-    name = Path(config.train.dataset).stem or "data"
+    name = source_short_name(config.train.dataset)
     return Path("runs") / f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -8,11 +8,13 @@ import importlib
 
 #: Public name -> the module that defines it.
 _PUBLIC_NAMES = {
+    "DataError": "tfvae.data.errors",
     "DataSplits": "tfvae.data.pipeline",
     "add_data_arguments": "tfvae.data.arguments",
     "load": "tfvae.data.pipeline",
     "load_digits": "tfvae.data.builtin",
     "load_from_arguments": "tfvae.data.arguments",
+    "translate_pipeline_errors": "tfvae.data.errors",
 }
 
 __all__ = sorted(_PUBLIC_NAMES)

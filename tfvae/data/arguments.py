@@ -45,7 +45,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", default="digits",
         help="'digits' (built in, offline), a tensorflow-datasets name (mnist, fashion_mnist, "
         "kmnist, binarized_mnist, cifar10, svhn_cropped, celeb_a or any tfds image dataset), or "
-        "a path: .npz/.npy file, IDX file (gz or raw), or a folder of PNG/JPEG images "
+        "a path: .npz/.npy file, IDX file (gz or raw), or a folder of PNG/JPEG images; an "
+        "existing path wins over a tfds name, tfds:NAME forces tensorflow-datasets "
         "(default: %(default)s)",
     )
     group.add_argument(
@@ -78,7 +79,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache", default="auto",
         help="auto (in memory when a split fits in 1 GiB), memory, none, or a file path prefix "
-        "(default: %(default)s)",
+        "in an existing folder (default: %(default)s)",
     )
     group.add_argument(
         "--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER,
@@ -90,7 +91,7 @@ def load_from_arguments(args: argparse.Namespace, batch_size: int, seed: int) ->
     """`tfvae.data.load` with the options parsed by `add_data_arguments`.
 
     Raises:
-        ValueError, FileNotFoundError: as `tfvae.data.load`.
+        ValueError (DataError), FileNotFoundError: as `tfvae.data.load`.
     """
     from tfvae.data.pipeline import load  # noqa: PLC0415 (imports TensorFlow)
 

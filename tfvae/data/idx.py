@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from tfvae.data.errors import DataError
 
 # IDX type codes (third byte of the magic number) and the big-endian dtypes they name.
 _IDX_DTYPES = {
@@ -35,21 +38,31 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: a wrong magic number, or a body shorter or longer than the header says.
+        DataError: (a ValueError) an unreadable file, a corrupt or truncated gzip stream, a
+            wrong magic number, or a body shorter or longer than the header says.
     """
     path = Path(path)
-    content = path.read_bytes()
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise DataError(
+            f"Expected a readable IDX file. Received: '{path}', which cannot be read "
+            f"({error.strerror or error})."
+        ) from None
     if content[:2] == _GZIP_MAGIC:
         try:
             content = gzip.decompress(content)
-        except (OSError, EOFError) as error:
-            raise ValueError(
+        except (OSError, EOFError, zlib.error) as error:
+            # A flipped byte shows as zlib.error (bad deflate data) or BadGzipFile (CRC).
+            raise DataError(
                 f"Expected a complete gzip-compressed IDX file. Received: '{path}', whose gzip "
                 f"stream is corrupt or truncated ({error})."
             ) from None
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] not in _IDX_DTYPES:
         received = content[:4].hex() if len(content) >= 4 else f"only {len(content)} bytes"
-        raise ValueError(
+        raise DataError(
             "Expected an IDX file whose magic number is two zero bytes, a type code in "
             "0x08..0x0E and the number of dimensions (0x00000803 for MNIST images, 0x00000801 "
             f"for labels). Received: 0x{received} in '{path}'."
@@ -58,7 +71,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     num_dims = content[3]
     header_size = 4 + 4 * num_dims
     if num_dims == 0 or len(content) < header_size:
-        raise ValueError(
+        raise DataError(
             f"Expected an IDX header with {num_dims} dimension sizes ({header_size} bytes). "
             f"Received: {len(content)} bytes in '{path}'; the file is truncated."
         )
@@ -67,7 +80,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     body_bytes = len(content) - header_size
     if body_bytes != expected_bytes:
         state = "truncated" if body_bytes < expected_bytes else "longer than its header says"
-        raise ValueError(
+        raise DataError(
             f"Expected {expected_bytes} bytes of data after the IDX header of shape {shape}. "
             f"Received: {body_bytes} bytes in '{path}'; the file is {state}."
         )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,15 @@ import tensorflow as tf
 
 from tfvae.config import DEFAULT_SHUFFLE_BUFFER
 from tfvae.data import preprocessing
+from tfvae.data.errors import DataError, translate_pipeline_errors
 from tfvae.data.sources import Source, digits_source, local_source, looks_like_path
-from tfvae.data.tfds_source import tfds_source
+from tfvae.data.tfds_source import UnknownDatasetError, tfds_source
+
+#: A source starting with it is a tensorflow-datasets name, even when a local path has that name.
+TFDS_PREFIX = "tfds:"
+#: The `cache` values that are not file path prefixes.
+_CACHE_MODES = ("auto", "memory", "none")
+_logger = logging.getLogger(__name__)
 
 #: With cache="auto", a split is cached in memory when its stored images take at most this.
 DEFAULT_MAX_CACHE_BYTES = 1 << 30
@@ -35,7 +45,9 @@ class DataSplits:
         num_validation: number of validation images, or None when unknown.
         has_labels: whether the source has class labels.
         label_names: class names indexed by label, when known.
-        source: the source's name or path.
+        source: the source's name or path (without a `tfds:` prefix).
+        source_kind: where the images come from: "built-in", "local file", "local folder" or
+            "tensorflow-datasets".
     """
 
     train: tf.data.Dataset
@@ -46,7 +58,14 @@ class DataSplits:
     has_labels: bool
     label_names: tuple[str, ...] | None
     source: str
+    source_kind: str
     _validation_examples: tf.data.Dataset = dataclasses.field(repr=False)
+
+    @property
+    def source_description(self) -> str:
+        """The kind and name of the source, e.g. "local folder 'mnist'", "tensorflow-datasets
+        'mnist'" or "built-in 'digits'"."""
+        return f"{self.source_kind} '{self.source}'"
 
     def validation_examples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """A seeded random choice of `n` validation images (and labels), for pictures.
@@ -62,11 +81,13 @@ class DataSplits:
 
         Raises:
             ValueError: n < 1.
+            DataError: an unreadable image among the examples read.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Expected n to be an integer >= 1. Received: n={n!r}")
         chosen = self._validation_examples.take(_EXAMPLE_POOL).shuffle(_EXAMPLE_POOL, seed=seed)
-        images, labels = next(iter(chosen.take(n).batch(n)))
+        with translate_pipeline_errors():
+            images, labels = next(iter(chosen.take(n).batch(n)))
         return images.numpy(), (labels.numpy() if self.has_labels else None)
 
 
@@ -119,6 +140,36 @@ def _check_options(
             "Expected cache to be 'auto', 'memory', 'none' or a file path prefix. "
             f"Received: cache={cache!r}"
         )
+    if cache not in _CACHE_MODES:
+        _check_cache_folder(cache)
+
+
+def _cache_file(cache: str, split: str) -> str:
+    return str(Path(f"{cache}-{split}").expanduser())
+
+
+def _check_cache_folder(cache: str) -> None:
+    """Checks that the folder of an on-disk cache exists and is writable.
+
+    TensorFlow would only fail when the first epoch reaches the cache, mid-`fit`.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        DataError: it is not a folder, or not writable.
+    """
+    folder = Path(_cache_file(cache, "train")).parent
+    if not folder.exists():
+        raise FileNotFoundError(
+            "Expected cache to be a file path prefix in an existing folder (or 'auto', "
+            f"'memory', 'none'). Received: cache='{cache}', whose folder '{folder}' does not "
+            "exist: no such file or folder; create it first."
+        )
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        state = "is not a folder" if not folder.is_dir() else "is not writable"
+        raise DataError(
+            "Expected cache to be a file path prefix in a writable folder. Received: "
+            f"cache='{cache}', whose folder '{folder}' {state}."
+        )
 
 
 def open_source(
@@ -129,7 +180,12 @@ def open_source(
     resizing: bool,
     channels: int | None,
 ) -> Source:
-    """Resolves `source` ('digits', a local path or a tfds name) to a `Source`.
+    """Resolves `source` ('digits', a local path, a tfds name or `tfds:NAME`) to a `Source`.
+
+    An existing local path wins over a tfds dataset of the same name (offline users keep
+    their copy in a folder named `mnist`); when the name could be a tfds name, a warning on
+    the `tfvae.data.pipeline` logger says which was used. `tfds:NAME` always means
+    tensorflow-datasets.
 
     Raises:
         FileNotFoundError: a path that does not exist; tfds data not prepared without network.
@@ -137,17 +193,46 @@ def open_source(
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"Expected source to be a non-empty string. Received: source={source!r}")
+    if source.startswith(TFDS_PREFIX):
+        return tfds_source(source[len(TFDS_PREFIX):], data_dir, validation_fraction, seed)
     if source == "digits":
         return digits_source(validation_fraction, seed)
     path = Path(source).expanduser()
     if path.exists():
-        return local_source(path, validation_fraction, seed, resizing, channels)
+        opened = local_source(path, validation_fraction, seed, resizing, channels)
+        if not looks_like_path(source):
+            # The name could also be a tfds dataset's; asking tfds would cost its slow import.
+            _logger.warning(
+                "Using the %s '%s' for dataset '%s' (an existing path wins over a "
+                "tensorflow-datasets name); pass '%s%s' to use tensorflow-datasets.",
+                opened.kind, path.resolve(), source, TFDS_PREFIX, source,
+            )
+        return opened
+    missing_path = FileNotFoundError(
+        "Expected an existing .npz/.npy file, IDX file or image folder (or a "
+        f"tensorflow-datasets name). Received: '{source}': no such file or folder."
+    )
     if looks_like_path(source):
-        raise FileNotFoundError(
-            "Expected an existing .npz/.npy file, IDX file or image folder. "
-            f"Received: '{source}', which does not exist."
-        )
-    return tfds_source(source, data_dir, validation_fraction, seed)
+        raise missing_path
+    try:
+        return tfds_source(source, data_dir, validation_fraction, seed)
+    except UnknownDatasetError:
+        if "/" in source:  # not a tfds `name/config` either: a relative path, then
+            raise missing_path from None
+        raise
+
+
+def source_short_name(source: str) -> str:
+    """A short, file-name-safe name of a source, for default run directory names.
+
+    "digits" -> "digits", "tfds:mnist" -> "mnist", "celeb_a/align:2.1.0" -> "celeb_a",
+    "data/train.npz" -> "train", "~/faces/" -> "faces"; "data" when nothing is left.
+    """
+    if source.startswith(TFDS_PREFIX) or not looks_like_path(source):
+        stem = source.removeprefix(TFDS_PREFIX).split(":")[0].split("/")[0]
+    else:
+        stem = Path(source).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "data"
 
 
 def _prepare_fn(source: Source, image_size, channels, binarize, threshold, seed, stream):
@@ -211,7 +296,7 @@ def _cache(dataset, cache: str, num_examples, image_shape, dtype, max_cache_byte
             return dataset
         size = num_examples * int(np.prod(image_shape)) * tf.as_dtype(dtype).size
         return dataset.cache() if size <= max_cache_bytes else dataset
-    return dataset.cache(f"{cache}-{split}")
+    return dataset.cache(_cache_file(cache, split))
 
 
 def load(
@@ -242,7 +327,8 @@ def load(
             folder with MNIST's IDX files, or a folder of PNG/JPEG images (recursively;
             first-level subfolders are class labels); or the name of a tensorflow-datasets
             dataset with an `image` feature ("mnist", "fashion_mnist", "kmnist",
-            "binarized_mnist", "cifar10", "svhn_cropped", "celeb_a", ...).
+            "binarized_mnist", "cifar10", "svhn_cropped", "celeb_a", ...). An existing local
+            path wins over a tfds name (a warning is logged); "tfds:NAME" forces tfds.
         batch_size: int. The global batch size (split across the replicas of the active
             `tf.distribute` strategy by `fit`).
         data_dir: str. Where tensorflow-datasets keeps prepared data.
@@ -265,10 +351,13 @@ def load(
         A `DataSplits`.
 
     Raises:
-        ValueError: an unknown dataset name, a corrupt or unsupported file, a folder without
-            images, images of mixed sizes without `image_size`, or a bad option.
-        FileNotFoundError: a path that does not exist, or a tfds dataset that is not prepared
-            when there is no network to download it.
+        DataError: (a ValueError) a corrupt, truncated or unreadable file, naming it. An image
+            of a folder is decoded only when the pipeline reaches it: iterate the datasets
+            inside `tfvae.data.translate_pipeline_errors()` to get this error then.
+        ValueError: an unknown dataset name, an unsupported file, a folder without images,
+            images of mixed sizes without `image_size`, or a bad option.
+        FileNotFoundError: a path that does not exist (or the folder of a `cache` path), or a
+            tfds dataset that is not prepared when there is no network to download it.
 
     Example:
 
@@ -341,5 +430,6 @@ def load(
         has_labels=opened.has_labels,
         label_names=opened.label_names,
         source=opened.name,
+        source_kind=opened.kind,
         _validation_examples=validation_examples,
     )

@@ -8,19 +8,28 @@ tensorflow-datasets sources live in `tfvae.data.tfds_source`.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from tfvae.data.builtin import load_digits
+from tfvae.data.errors import DataError, marked_message
 from tfvae.data.idx import is_idx_images_name, matching_labels_file, read_idx
 
 #: File name suffixes read as images in a folder (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: The label of an example whose source has no labels.
 NO_LABEL = -1
+#: Suffixes that make a name a file path, never a tensorflow-datasets name.
+DATA_FILE_SUFFIXES = (".npz", ".npy", ".gz", *IMAGE_SUFFIXES)
+#: `Source.kind` values: where the examples come from.
+SOURCE_KINDS = ("built-in", "local file", "local folder", "tensorflow-datasets")
 
 
 @dataclasses.dataclass
@@ -29,6 +38,7 @@ class Source:
 
     Attributes:
         name: what the user asked for (a dataset name or a path), for messages.
+        kind: where the examples come from, one of `SOURCE_KINDS`.
         train: unbatched dataset of `(image, label)`: image `[H, W, C]` with values in
             0..pixel_max (uint8 or float32), label int64 (`NO_LABEL` without labels).
         validation: the same for validation.
@@ -43,6 +53,7 @@ class Source:
     """
 
     name: str
+    kind: str
     train: tf.data.Dataset
     validation: tf.data.Dataset
     num_train: int | None
@@ -132,6 +143,7 @@ def _examples_dataset(images: np.ndarray, labels: np.ndarray | None) -> tf.data.
 
 def array_source(
     name: str,
+    kind: str,
     train: tuple[np.ndarray, np.ndarray | None],
     validation: tuple[np.ndarray, np.ndarray | None] | None,
     validation_fraction: float,
@@ -141,6 +153,7 @@ def array_source(
 
     Args:
         name: the source's name, for messages.
+        kind: one of `SOURCE_KINDS`.
         train: `(images, labels or None)`: images `[N, H, W]` or `[N, H, W, C]`.
         validation: the same for a validation split, or None to hold out `validation_fraction`.
         validation_fraction: float in (0, 1), used when `validation` is None.
@@ -173,6 +186,7 @@ def array_source(
         pixel_max = max(pixel_max, validation_pixel_max)
     return Source(
         name=name,
+        kind=kind,
         train=_examples_dataset(train_images, train_labels),
         validation=_examples_dataset(validation_images, validation_labels),
         num_train=len(train_images),
@@ -185,7 +199,33 @@ def array_source(
 def digits_source(validation_fraction: float, seed: int) -> Source:
     """scikit-learn's 8x8 digits (built in, no network)."""
     train, validation = load_digits(validation_fraction=validation_fraction, seed=seed)
-    return array_source("digits", train, validation, validation_fraction, seed)
+    return array_source("digits", "built-in", train, validation, validation_fraction, seed)
+
+
+def _read_numpy_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a `.npy` file (under the key "images") or of a `.npz` archive.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        DataError: a file NumPy cannot read: truncated, corrupt, pickled or unreadable.
+    """
+    try:
+        if path.suffix.lower() == ".npy":
+            return {"images": np.load(path)}
+        with np.load(path) as archive:
+            return {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise
+    # What a cut or bit-flipped file raises: zip and zlib errors, a short read (EOFError,
+    # ValueError "cannot reshape"), a bad header (ValueError), pickled data, a read error.
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error,
+            pickle.UnpicklingError) as error:
+        kind = "NumPy .npy file" if path.suffix.lower() == ".npy" else "NumPy .npz archive"
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0] or type(error).__name__
+        raise DataError(
+            f"Expected a complete {kind}. Received: '{path}', which cannot be read; it is "
+            f"truncated or corrupt ({reason})."
+        ) from None
 
 
 def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Source:
@@ -193,14 +233,18 @@ def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Sour
 
     `.npz` keys: `x_train` / `y_train` with `x_test` (or `x_val`) / `y_test` (the layout of
     Keras's mnist.npz); or `images` (or `x`) with optional `labels` (or `y`); or one array.
+
+    Raises:
+        DataError: a truncated, corrupt or unreadable file.
+        ValueError: arrays of the wrong shape, type or range, or unknown `.npz` keys.
     """
-    if path.suffix.lower() == ".npy":
-        return array_source(str(path), (np.load(path), None), None, validation_fraction, seed)
-    with np.load(path) as archive:
-        arrays = {key: archive[key] for key in archive.files}
+    arrays = _read_numpy_file(path)
 
     def first(*keys):
         return next((arrays[key] for key in keys if key in arrays), None)
+
+    def source(train, validation):
+        return array_source(str(path), "local file", train, validation, validation_fraction, seed)
 
     if "x_train" in arrays:
         train = (arrays["x_train"], first("y_train"))
@@ -208,7 +252,7 @@ def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Sour
         validation = None
         if validation_images is not None:
             validation = (validation_images, first("y_test", "y_val", "y_validation"))
-        return array_source(str(path), train, validation, validation_fraction, seed)
+        return source(train, validation)
     images = first("images", "x")
     if images is None and len(arrays) == 1:
         images = next(iter(arrays.values()))
@@ -217,7 +261,7 @@ def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Sour
             "Expected a .npz archive with 'x_train' (and 'x_test'), 'images' or 'x', or a single "
             f"array. Received: keys {sorted(arrays)} in '{path}'."
         )
-    return array_source(str(path), (images, first("labels", "y")), None, validation_fraction, seed)
+    return source((images, first("labels", "y")), None)
 
 
 def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -234,7 +278,9 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def idx_file_source(path: Path, validation_fraction: float, seed: int) -> Source:
     """An IDX images file (its labels file beside it is used when present)."""
-    return array_source(str(path), _read_idx_images(path), None, validation_fraction, seed)
+    return array_source(
+        str(path), "local file", _read_idx_images(path), None, validation_fraction, seed
+    )
 
 
 def idx_folder_source(
@@ -256,6 +302,7 @@ def idx_folder_source(
         )
     return array_source(
         str(folder),
+        "local folder",
         _read_idx_images(train_files[0]),
         _read_idx_images(test_files[0]),
         validation_fraction,
@@ -294,7 +341,7 @@ def _scan_images(files: list[Path], check_sizes: bool) -> tuple[tuple[int, int] 
                 width, height = image.size
                 channels = max(channels, _channels_of_mode(image.mode))
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(
+            raise DataError(
                 f"Expected a readable PNG or JPEG image. Received: '{path}' ({error})."
             ) from None
         sizes.setdefault((height, width), path)
@@ -351,19 +398,12 @@ def image_folder_source(
     split = holdout_split(len(files), validation_fraction, str(folder))
     static_shape = (*size, channels) if size is not None else (None, None, channels)
 
-    def decode(path, label):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=channels, expand_animations=False
-        )
-        image.set_shape(static_shape)
-        return image, label
-
     def files_dataset(selection):
-        dataset = tf.data.Dataset.from_tensor_slices((paths[selection], labels[selection]))
-        return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return _decoded_image_files(paths[selection], labels[selection], channels, static_shape)
 
     return Source(
         name=str(folder),
+        kind="local folder",
         train=files_dataset(slice(None, split)),
         validation=files_dataset(slice(split, None)),
         num_train=split,
@@ -372,6 +412,67 @@ def image_folder_source(
         has_labels=label_names is not None,
         label_names=label_names,
     )
+
+
+def _decoded_image_files(
+    paths: np.ndarray, labels: np.ndarray, channels: int, static_shape: tuple
+) -> tf.data.Dataset:
+    """Reads and decodes image files in parallel, in order; a bad file fails with its path.
+
+    Only the first file's header is read before training (no decoding pass up front), so a
+    corrupt file is found when the pipeline reaches it. TensorFlow's decode error does not
+    say which file; instead a file that fails to read or decode is dropped (`ignore_errors`),
+    and a check that each example's file number equals its position in the stream fails at
+    the first gap with a message naming that file, which
+    `tfvae.data.translate_pipeline_errors` turns into a `DataError`. A sentinel after the
+    last file catches a dropped last file.
+
+    Args:
+        paths: string array `[N]` of file paths.
+        labels: int64 array `[N]`.
+        channels: 1 or 3, the channels to decode to.
+        static_shape: `(H, W, C)`, with None for sizes that vary.
+
+    Returns:
+        Unbatched dataset of `(image, label)`: uint8 image `static_shape`, int64 label.
+    """
+    count = len(paths)
+
+    def decode(path, label, number):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=channels, expand_animations=False
+        )
+        image.set_shape(static_shape)
+        return image, label, number
+
+    numbered = tf.data.Dataset.from_tensor_slices((paths, labels, np.arange(count, dtype=np.int64)))
+    decoded = numbered.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    # When the last file is dropped, the sentinel takes its place and names it.
+    sentinel = tf.data.Dataset.from_tensors((
+        tf.zeros([size or 1 for size in static_shape], tf.uint8),
+        tf.constant(NO_LABEL, tf.int64),
+        tf.constant(count, tf.int64),
+    ))
+    path_table = tf.constant(paths)
+
+    def check_number(position, example):
+        image, label, number = example
+        tf.debugging.Assert(
+            tf.equal(number, position),
+            [marked_message(
+                "Expected a readable PNG or JPEG image. Received: '",
+                tf.gather(path_table, position),
+                "', which cannot be read or decoded (corrupt, truncated or not an image); "
+                "remove or replace it.",
+            )],
+        )
+        return image, label
+
+    examples = decoded.concatenate(sentinel).take(count).enumerate().map(
+        check_number, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    # `take` after `ignore_errors` hides the count, which Keras uses for its epoch ends.
+    return examples.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def local_source(
@@ -384,8 +485,14 @@ def local_source(
     """The source for an existing local path: .npz/.npy, IDX file, IDX folder or image folder.
 
     Raises:
-        ValueError: an unsupported or corrupt file, or a folder without images.
+        DataError: (a ValueError) an unreadable or corrupt file or folder.
+        ValueError: an unsupported file, or a folder without images.
     """
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise DataError(
+            f"Expected a readable file or folder. Received: '{path}', which this user may not "
+            "read (permission denied)."
+        )
     if path.is_dir():
         idx_files = sorted(p for p in path.iterdir() if p.is_file() and is_idx_images_name(p))
         if idx_files and not _list_images(path):
@@ -407,5 +514,14 @@ _TFDS_NAME = re.compile(r"[a-z0-9_]+(/[a-zA-Z0-9_.\-]+)?(:[0-9.*]+)?")
 
 
 def looks_like_path(source: str) -> bool:
-    """Whether `source` names a file or folder rather than a tensorflow-datasets dataset."""
-    return _TFDS_NAME.fullmatch(source) is None or "idx" in source
+    """Whether `source` can only name a file or folder, not a tensorflow-datasets dataset.
+
+    True for anything outside tfds's name syntax (`./data`, `~/x`, `Data`, `a b`), MNIST's IDX
+    file names, and names ending in a data file suffix (`data/train.npz`), which tfds's
+    `name/config` syntax would otherwise accept.
+    """
+    return (
+        _TFDS_NAME.fullmatch(source) is None
+        or "idx" in source
+        or source.lower().endswith(DATA_FILE_SUFFIXES)
+    )

@@ -46,22 +46,40 @@ def network_available(
     return True
 
 
+class UnknownDatasetError(ValueError):
+    """No tensorflow-datasets dataset has this name."""
+
+
 def _unknown_source_message(name: str) -> str:
     return (
-        f"Unknown dataset '{name}'. Expected 'digits' (built in, no network), a path to an "
-        "existing .npz/.npy file, IDX file or folder of PNG/JPEG images, or the name of a "
+        f"Unknown dataset '{name}': no such file or folder, and no tensorflow-datasets dataset "
+        "of that name. Expected 'digits' (built in, no network), a path to an existing "
+        ".npz/.npy file, IDX file or folder of PNG/JPEG images, or the name of a "
         "tensorflow-datasets dataset with an 'image' feature such as "
         f"{', '.join(EXAMPLE_TFDS_NAMES)}. Received: '{name}'."
     )
 
 
 def _builder(name: str, data_dir: str | None):
+    """tfds's builder for `name`.
+
+    Raises:
+        UnknownDatasetError: no dataset of that name.
+        ValueError: an unknown configuration or version of a known dataset.
+    """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (slow import, only for tfds sources)
 
     try:
         return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(_unknown_source_message(name)) from None
+        raise UnknownDatasetError(_unknown_source_message(name)) from None
+    except ValueError as error:
+        # tfds goes on to list close matches over many lines; its first sentence says it.
+        reason = str(error).split(" Here are ")[0].splitlines()[0]
+        raise ValueError(
+            "Expected a tensorflow-datasets name with a known configuration and version "
+            f"(name/config:version). Received: '{name}': {reason}"
+        ) from None
 
 
 def _prepare(builder, name: str, data_dir: str | None) -> None:
@@ -115,7 +133,8 @@ def tfds_source(
         seed: int. Seeds tfds's file shuffling.
 
     Raises:
-        ValueError: an unknown name, or a dataset without an `image` feature.
+        UnknownDatasetError: (a ValueError) an unknown name.
+        ValueError: an unknown configuration, or a dataset without an `image` feature.
         FileNotFoundError: the data is not prepared and there is no network.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415
@@ -151,6 +170,7 @@ def tfds_source(
     )
     return Source(
         name=name,
+        kind="tensorflow-datasets",
         train=examples(train_split, shuffle_files=True),
         validation=examples(validation_split, shuffle_files=False),
         num_train=num_train,

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvae.data.errors import translate_pipeline_errors
 from tfvae.distributions import get_likelihood, get_prior
 from tfvae.models.decoder import build_conv_decoder
 from tfvae.models.encoder import build_conv_encoder
@@ -199,32 +200,53 @@ class VAE(keras.Model):
                 this reads its first element.
 
         Raises:
-            ValueError: wrong rank or shape, not a float dtype, or values outside the support.
+            ValueError: a dict of arrays (or a dataset of dicts), no images at all (an empty
+                array or dataset), wrong rank or shape, not a float dtype, or values outside
+                the support.
+            DataError: (a ValueError) an unreadable file behind the dataset's first element.
         """
         if isinstance(data, (list, tuple)) and data:
             data = data[0]
+        if isinstance(data, dict):
+            self._refuse_dict(sorted(data), argument, "a dict")
         if isinstance(data, tf.data.Dataset):
             spec = data.element_spec
             if isinstance(spec, (list, tuple)):
                 spec = spec[0]
             if isinstance(spec, dict):
-                raise ValueError(
-                    f"Expected {argument} to yield image batches of shape (batch, "
-                    f"{', '.join(map(str, self.image_shape))}). Received a dataset of dicts with "
-                    f"keys {sorted(spec)}: map it to the images first, e.g. "
-                    "dataset.map(lambda d: d['image'])."
-                )
+                self._refuse_dict(sorted(spec), argument, "a dataset of dicts")
             self._check_shape_and_dtype(_shape_tuple(spec.shape), spec.dtype, argument)
+            if data.cardinality() == 0:
+                self._refuse_empty(argument, "an empty dataset")
             if check_range:
-                first = next(iter(data.take(1)))
+                with translate_pipeline_errors():
+                    first = next(iter(data.take(1)), None)
+                if first is None:
+                    self._refuse_empty(argument, "a dataset that yields nothing")
                 if isinstance(first, (list, tuple)):
                     first = first[0]
                 self._check_range(first, argument)
             return
         if isinstance(data, (np.ndarray, tf.Tensor)):
             self._check_shape_and_dtype(tuple(data.shape), tf.as_dtype(data.dtype), argument)
+            if data.shape[0] == 0:
+                self._refuse_empty(argument, f"an empty array of shape {tuple(data.shape)}")
             if check_range:
                 self._check_range(data, argument)
+
+    def _refuse_dict(self, keys, argument, received):
+        raise ValueError(
+            f"Expected {argument} to be image batches of shape (batch, "
+            f"{', '.join(map(str, self.image_shape))}): an array, a tensor or a tf.data.Dataset "
+            f"of them. Received {received} with keys {keys}: pass the images themselves, e.g. "
+            "x['image'], or dataset.map(lambda d: d['image'])."
+        )
+
+    def _refuse_empty(self, argument, received):
+        raise ValueError(
+            f"Expected {argument} to hold at least one image of shape "
+            f"({', '.join(map(str, self.image_shape))}). Received {received}."
+        )
 
     def _check_shape_and_dtype(self, shape, dtype, argument):
         expected = (None, *self.image_shape)
