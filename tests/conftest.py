@@ -43,3 +43,21 @@ def digits():
     from tfvae.data import load_digits
 
     return load_digits(seed=0)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write in: a read-only tmpfs for root (who ignores permissions)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root, and a read-only tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -118,16 +118,9 @@ def test_cache_under_a_missing_folder_is_refused_before_anything_runs(tmp_path, 
     assert not run_dir.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to a read-only folder")
-def test_cache_in_a_read_only_folder_is_refused(tmp_path):
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(DataError, match="is not writable"):
-            load("digits", cache=str(folder / "cache"))
-    finally:
-        folder.chmod(0o700)
+def test_cache_in_a_read_only_folder_is_refused(read_only_dir):
+    with pytest.raises(DataError, match="is not writable"):
+        load("digits", cache=str(read_only_dir / "cache"))
 
 
 def test_cache_prefix_in_an_existing_folder_is_written(tmp_path):
