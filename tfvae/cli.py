@@ -414,7 +414,7 @@ def main(argv=None) -> int:
     args.command_line = argv
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:
         if args.debug:
             raise
         message = " ".join(str(error).split())
