@@ -111,18 +111,6 @@ def _image_size(value) -> tuple[int, int]:
     return (int(size[0]), int(size[1]))
 
 
-def _check_cache(cache) -> None:
-    """A cache path prefix must lie in an existing folder (checked before anything is written)."""
-    if not isinstance(cache, str) or cache in ("auto", "memory", "none") or not cache:
-        return  # the data pipeline checks the rest
-    folder = Path(cache).parent
-    if not folder.is_dir():
-        raise ValueError(
-            f"Expected cache to be 'auto', 'memory', 'none' or a file path prefix in an existing "
-            f"folder. Received: cache={cache!r}, whose folder '{folder}' does not exist."
-        )
-
-
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the run directory.
@@ -190,7 +178,6 @@ class TrainConfig:
             )
         if not (_is_number(self.beta) and 0 <= self.beta < math.inf):
             raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={self.beta!r}")
-        _check_cache(self.cache)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
@@ -403,6 +390,19 @@ def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
     return written
 
 
+def _check_cache(cache) -> None:
+    """A cache path prefix must lie in an existing folder (checked by `train` before anything is
+    written; not by TrainConfig, so that a run whose cache folder is gone can still be evaluated)."""
+    if not isinstance(cache, str) or cache in ("auto", "memory", "none") or not cache:
+        return  # the data pipeline checks the rest
+    folder = Path(cache).parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"Expected cache to be 'auto', 'memory', 'none' or a file path prefix in an existing "
+            f"folder. Received: cache={cache!r}, whose folder '{folder}' does not exist."
+        )
+
+
 def _run_model(config: TrainConfig, image_shape, resume_dir: Path | None):
     """The model to train and its first epoch: a new one, or the one a resumed run continues.
 
@@ -475,6 +475,7 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
 
 
 def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, verbose) -> dict:
+    _check_cache(config.cache)
     if resume:
         load_run_config(config.run_dir)  # raises unless it is a run directory
         trained = epochs_trained(config.run_dir)
