@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import tempfile
@@ -11,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _naming(error: OSError, path: Path) -> OSError:
+def _naming(error: OSError, path: Path, temporary) -> OSError:
     """`error` with `path` as its file name, so that the message says which file failed.
 
     Writes through a file object (and HDF5, zip) raise OSErrors without a file name; a full
-    disk then reads "[Errno 28] No space left on device" with no hint of where.
+    disk then reads "[Errno 28] No space left on device" with no hint of where. An error naming
+    the temporary file (removed by then) names `path` instead.
     """
-    if error.filename is not None or error.errno is None:
+    if error.errno is None or error.filename not in (None, str(temporary)):
         return error
     return type(error)(error.errno, os.strerror(error.errno), str(path))
 
@@ -50,7 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, path)
     except OSError as error:
-        named = _naming(error, path)
+        named = _naming(error, path, temporary)
         if named is error:
             raise
         raise named from error
@@ -73,7 +73,3 @@ def write_json_atomic(path: str | os.PathLike, value) -> None:
     """Writes `value` as indented JSON to `path` through a temporary file and a rename."""
     write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether `error` is an OSError for a full disk (or an exceeded quota)."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
