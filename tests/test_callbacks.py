@@ -104,7 +104,7 @@ def test_backup_restores_weights_and_epoch(tmp_path, digits):
     with pytest.raises(KeyboardInterrupt):
         vae.fit(images[:64], epochs=5, verbose=0,
                 callbacks=[AtomicBackupAndRestore(backup_dir), StopAfterTwo()])
-    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["latest.keras", "training_metadata.json"]
     fresh = build_conv_vae((8, 8, 1), 2, filters=(4,), seed=1)
     fresh.compile()
     history = fresh.fit(images[:64], epochs=5, verbose=0, callbacks=[AtomicBackupAndRestore(backup_dir)])

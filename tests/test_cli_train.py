@@ -75,7 +75,7 @@ def test_existing_run_directory_is_refused_and_kept(tmp_path, capsys):
         (["--filters", "32,x"], "expected comma-separated positive integers"),
         (["--likelihood", "poisson"], "invalid choice: 'poisson'"),
         (["--learning-rate", "-1"], "Expected learning_rate > 0"),
-        (["--beta", "-2"], "Expected beta to be a number >= 0"),
+        (["--beta", "-2"], "Expected beta to be a finite number >= 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):

@@ -407,3 +407,82 @@ def test_cli_exports_a_run_directory(tmp_path):
     [message] = _error_lines(missing.stderr)
     assert "model.keras" in message and "nowhere" in message
     assert not (tmp_path / "other").exists()
+
+
+# --------------------------------------------------------------------------- what a killed export leaves
+def _make_leftover(target, token, role, lock_holder=None):
+    """A hand-made `.NAME.<token>.ROLE` folder beside `target`, as an export leaves it."""
+    folder = target.parent / f".{target.name}.{token}.{role}"
+    (folder / "export").mkdir(parents=True)
+    (folder / "export" / "saved_model.pb").write_bytes(b"half")
+    if lock_holder is not None:
+        (folder / "export.lock").write_text("12345\n")
+    return folder
+
+
+def test_next_export_removes_what_killed_exports_left(small_vae, tmp_path):
+    import fcntl
+
+    target = tmp_path / "export"
+    dead = _make_leftover(target, "0000dead", "tmp", lock_holder="nobody")  # its process is gone
+    live = _make_leftover(target, "0000live", "tmp", lock_holder="this test")
+    unlocked_recent = _make_leftover(target, "00000new", "tmp")  # just created, not locked yet
+    other = tmp_path / ".exports.0000dead.tmp"  # another target's: not ours to touch
+    other.mkdir()
+    with (live / "export.lock").open("r") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a concurrent export holds it
+        tfvae.export_saved_model(small_vae, target)
+    assert export.read_metadata(target)["latent_dim"] == small_vae.latent_dim
+    assert not dead.exists()
+    assert live.exists() and unlocked_recent.exists() and other.exists()
+
+
+def test_a_moved_aside_export_is_restored_never_deleted(small_vae, tmp_path, capsys):
+    target = tmp_path / "export"
+    keras.utils.set_random_seed(5)
+    tfvae.export_saved_model(tfvae.build_conv_vae((8, 8, 1), latent_dim=5, filters=(4,), seed=5), target)
+    # Killed between its two renames: the previous export moved aside, the new one not in place.
+    previous = tmp_path / ".export.0000dead.old"
+    target.rename(previous)
+    _make_leftover(target, "0000dead", "tmp", lock_holder="nobody")
+    with pytest.raises(FileExistsError, match="already exists"):
+        tfvae.export_saved_model(small_vae, target)  # restored first, so it exists again
+    assert "restored the previous export" in capsys.readouterr().err
+    assert export.read_metadata(target)["latent_dim"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+    # With the target in place, an .old folder is left alone (it may be all the user has left).
+    keep = tmp_path / ".export.0000beef.old"
+    keep.mkdir()
+    tfvae.export_saved_model(small_vae, target, overwrite=True)
+    assert keep.exists() and export.read_metadata(target)["latent_dim"] == small_vae.latent_dim
+
+
+@pytest.mark.slow
+def test_a_killed_export_is_cleaned_up_by_the_next(small_vae, tmp_path):
+    target = tmp_path / "export"
+    script = textwrap.dedent(f"""
+        import sys, time
+        import tfvae
+        from tfvae import export
+
+        def hang(directory, metadata):
+            print("writing", flush=True)
+            time.sleep(600)
+
+        export._write_metadata = hang
+        tfvae.export_saved_model(tfvae.build_conv_vae((8, 8, 1), 2, filters=(4,)), {str(target)!r})
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], env=cli_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().strip() == "writing"
+        (workspace,) = tmp_path.glob(".export.*.tmp")
+        # While it runs, another export to the same target leaves its workspace alone.
+        tfvae.export_saved_model(small_vae, target)
+        assert workspace.exists()
+    finally:
+        process.kill()
+        process.wait()
+    tfvae.export_saved_model(small_vae, target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -1,7 +1,9 @@
 """Keras callbacks of tfvae's training job, usable on their own with any `fit`.
 
 Every file they write goes through a temporary name and a rename, so a run killed at any moment
-leaves each file either as it was or complete.
+leaves each file either as it was or complete. Models are serialized in memory and written by
+Python: HDF5 writing straight to a full disk leaves its library in a state that crashes the
+process at exit (a segmentation fault), where a Python write raises a plain `OSError`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,37 @@ import io
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.saving import saving_lib  # noqa: PLC2701 (save_model into a file object)
 
-from tfvae.files import atomic_path, write_bytes_atomic
+from tfvae.files import write_bytes_atomic
 from tfvae.images import image_grid, interleave_pairs
+
+
+def model_bytes(model: keras.Model) -> bytes:
+    """The `.keras` archive of `model` (weights, optimizer state, config), built in memory.
+
+    `keras.Model.save` accepts only paths; Keras's saving library also writes to a file object,
+    which keeps HDF5 off the disk (see the module docstring).
+    """
+    buffer = io.BytesIO()
+    saving_lib.save_model(model, buffer)
+    return buffer.getvalue()
+
+
+def save_model_atomic(model: keras.Model, path) -> None:
+    """Saves `model` as a `.keras` file at `path` through a temporary file and a rename.
+
+    Raises:
+        OSError: the file cannot be written (e.g. no space left on device, naming `path`);
+            `path` is then unchanged and no temporary file is left.
+    """
+    write_bytes_atomic(path, model_bytes(model))
 
 
 def _all_finite(logs) -> bool:
@@ -72,8 +97,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
             if not self._improves(value):
                 return
             self.best = value
-        with atomic_path(self.path) as temporary:
-            self.model.save(temporary)
+        save_model_atomic(self.model, self.path)
         self.saved_epochs += 1
 
 
@@ -114,26 +138,45 @@ def read_metrics_csv(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+class CorruptBackupError(ValueError):
+    """A `BackupAndRestore` state that cannot be read (a bit flip, a truncated file)."""
+
+    def __init__(self, path, error: BaseException):
+        self.path = str(path)
+        super().__init__(f"The backup '{path}' cannot be read (corrupt or truncated): {error}")
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras's `BackupAndRestore`, with its backup written through temporary names and renames.
 
     Keras writes `latest.weights.h5` and `training_metadata.json` in place; a process killed
-    during that write would leave a backup that cannot be read. Here both files are written
-    beside their final names and renamed, weights first, so the metadata never names an epoch
-    whose weights are not on disk.
+    during that write would leave a backup that cannot be read. Here the model state goes to
+    `latest.keras` (a `.keras` archive built in memory, whose weights `load_weights` restores,
+    optimizer state included) and the metadata to `training_metadata.json`, each beside its final
+    name and renamed, the weights first, so the metadata never names an epoch whose weights are
+    not on disk.
+
+    Raises:
+        CorruptBackupError: from `fit`, when the backup exists but cannot be read.
     """
+
+    #: The backup's model state, in the backup directory.
+    WEIGHTS_FILE = "latest.keras"
+
+    def __init__(self, backup_dir, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self._weights_path = os.path.join(str(backup_dir), self.WEIGHTS_FILE)
+        self._prev_weights_path = f"{self._weights_path}.bkp"
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
+            raise CorruptBackupError(self._weights_path, " ".join(str(error).split())) from error
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        with atomic_path(self._weights_path) as temporary:
-            # Keras wants the ".weights.h5" suffix; atomic_path keeps ".h5" only.
-            weights_file = temporary.with_name(temporary.stem + ".weights.h5")
-            try:
-                self.model.save_weights(weights_file, overwrite=True)
-                os.replace(weights_file, temporary)
-            finally:
-                if weights_file.exists():
-                    weights_file.unlink()
+        write_bytes_atomic(self._weights_path, model_bytes(self.model))
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
         write_bytes_atomic(self._training_metadata_path, json.dumps(metadata).encode())
 

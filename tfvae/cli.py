@@ -193,8 +193,10 @@ def _run_train(args) -> int:
         return EXIT_INTERRUPTED
     print(json.dumps(metrics, indent=2))
     if metrics["stopped_on_nan"]:
-        print(f"tfvae: training stopped on a NaN loss; {metrics['run_dir']}/model.keras holds the "
-              "last good epoch", file=sys.stderr)
+        model_file = Path(metrics["run_dir"]) / "model.keras"
+        saved = (f"{model_file} holds the last good epoch" if model_file.is_file() else
+                 "no epoch finished with finite values, so no model was saved")
+        print(f"tfvae: training stopped on a NaN or inf loss; {saved}", file=sys.stderr)
         return 1
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -63,6 +64,66 @@ def check_training_options(strategy: str, mixed_precision: str | None, jit_compi
         )
 
 
+#: The likelihood names `tfvae train` accepts (the registry of `tfvae.distributions`).
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_ints(name: str, value) -> tuple[int, ...]:
+    """A tuple of ints >= 1 from a sequence or from the flags' text, e.g. "32,64".
+
+    Raises:
+        ValueError: anything else (a string is never split into characters).
+    """
+    values = value
+    if isinstance(value, str):
+        try:
+            values = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            values = None
+    if (
+        not isinstance(values, (list, tuple))
+        or not values
+        or not all(_is_number(v) and int(v) == v and v >= 1 for v in values)
+    ):
+        raise ValueError(
+            f"Expected {name} to be positive integers, as a list or as text such as \"32,64\". "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def _image_size(value) -> tuple[int, int]:
+    """(height, width) from a pair, one size (16 -> (16, 16)) or the flag's text ("16x16", "16").
+
+    Raises:
+        ValueError: anything else.
+    """
+    size = value
+    if isinstance(value, str):
+        try:
+            size = [int(part) for part in value.lower().replace("x", ",").split(",")]
+        except ValueError:
+            size = None
+    if _is_number(size):
+        size = [size, size]
+    if isinstance(size, (list, tuple)) and len(size) == 1:
+        size = list(size) * 2
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(_is_number(s) and int(s) == s and s >= 1 for s in size)
+    ):
+        raise ValueError(
+            "Expected image_size to be HEIGHTxWIDTH or one size, e.g. \"64x64\", [64, 64] or 32. "
+            f"Received: image_size={value!r}"
+        )
+    return (int(size[0]), int(size[1]))
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the run directory.
@@ -111,20 +172,25 @@ class TrainConfig:
     jit_compile: bool = False
 
     def __post_init__(self):
-        self.filters = tuple(self.filters)
+        self.filters = _positive_ints("filters", self.filters)
         check_training_options(self.strategy, self.mixed_precision, self.jit_compile)
         if self.image_size is not None:
-            self.image_size = tuple(self.image_size)
+            self.image_size = _image_size(self.image_size)
         for name in ("epochs", "batch_size", "latent_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
-        if isinstance(self.learning_rate, bool) or not (
-            isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
-        ):
-            raise ValueError(f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}")
-        if isinstance(self.beta, bool) or not (isinstance(self.beta, (int, float)) and self.beta >= 0):
-            raise ValueError(f"Expected beta to be a number >= 0. Received: beta={self.beta!r}")
+        if self.likelihood not in LIKELIHOOD_NAMES:
+            raise ValueError(
+                f"Expected likelihood to be one of {list(LIKELIHOOD_NAMES)}. Received: likelihood={self.likelihood!r}"
+            )
+        # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.
+        if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
+            raise ValueError(
+                f"Expected learning_rate > 0 and finite. Received: learning_rate={self.learning_rate!r}"
+            )
+        if not (_is_number(self.beta) and 0 <= self.beta < math.inf):
+            raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={self.beta!r}")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:

@@ -1,21 +1,30 @@
 """SavedModel export of a `tfvae.VAE` that plain TensorFlow loads (no tfvae, no TFP needed).
 
 The export is written into a temporary directory beside the target and renamed into place, so a
-reader only ever sees a complete SavedModel (or the previous one, when overwriting).
+reader only ever sees a complete SavedModel (or the previous one, when overwriting). What a killed
+export leaves behind is cleaned up by the next export to the same target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+try:
+    import fcntl
+except ImportError:  # Windows: without flock, leftovers are never removed
+    fcntl = None
 
 from tfvae.distributions import PRIORS, BernoulliLikelihood, likelihood_name
 from tfvae.models.vae import VAE
@@ -196,6 +205,13 @@ def _check_target(path: Path, overwrite: bool) -> None:
         )
 
 
+#: The lock file inside an export's temporary folder, held (`flock`) while the export runs.
+_LOCK_FILE = "export.lock"
+#: A temporary folder without a lock file (one being created, or an older tfvae's) is left alone
+#: this long, counted from its last change.
+_UNLOCKED_GRACE_SECONDS = 600
+
+
 def _temporary_sibling(path: Path, role: str) -> Path:
     """Creates a new empty directory `.NAME.<random>.ROLE` beside `path` (umask permissions)."""
     while True:
@@ -206,31 +222,103 @@ def _temporary_sibling(path: Path, role: str) -> Path:
 
 
 @contextlib.contextmanager
-def _atomic_directory(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields an empty temporary directory beside `path`; moves it onto `path` on success.
+def _lock(path: Path) -> Iterator[None]:
+    """Creates `path` holding this process's id and holds an exclusive `flock` on it; the
+    kernel releases the lock when the process ends, however it ends.
 
-    With `overwrite`, the previous directory is moved aside first and deleted only once the new
-    one is in place; if anything fails, it is moved back. Nothing temporary survives.
+    The file is locked under another name and renamed to `path`, so that whoever finds `path`
+    finds it locked.
+    """
+    unlocked = path.with_name(path.name + ".new")
+    with unlocked.open("w") as handle:
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(unlocked, path)
+        yield
+
+
+def _is_abandoned(workspace: Path) -> bool:
+    """Whether no live export holds the temporary folder `workspace`."""
+    lock_file = workspace / _LOCK_FILE
+    try:
+        handle = lock_file.open("r")
+    except FileNotFoundError:
+        try:
+            age = time.time() - workspace.stat().st_mtime
+        except FileNotFoundError:
+            return False  # already gone
+        return age > _UNLOCKED_GRACE_SECONDS
+    with handle:
+        if fcntl is None:
+            return False  # no way to tell: never touch it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live export holds it
+        return True
+
+
+def _clean_leftovers(path: Path) -> None:
+    """Removes the temporary folders of killed exports to `path`; restores a moved-aside export.
+
+    An export killed while writing leaves `.NAME.<hex>.tmp`; it is removed unless a live export
+    holds its lock. An export killed between its two renames leaves the previous export as
+    `.NAME.<hex>.old` and no `path`: it is the only copy, so it is moved back (and never deleted).
+    """
+    prefix = f".{path.name}."
+    leftovers = sorted(path.parent.glob(f"{glob.escape(prefix)}*"))
+    for workspace in leftovers:
+        if workspace.name.endswith(".tmp") and workspace.is_dir() and _is_abandoned(workspace):
+            shutil.rmtree(workspace, ignore_errors=True)
+    for previous in leftovers:
+        if not previous.name.endswith(".old") or not previous.is_dir() or path.exists():
+            continue
+        # Its export may still be running (between its renames): then its workspace is locked.
+        workspace = previous.with_name(previous.name[: -len(".old")] + ".tmp")
+        if workspace.is_dir() and not _is_abandoned(workspace):
+            continue
+        os.replace(previous, path)
+        print(f"tfvae: '{path}' was missing after an interrupted export; restored the previous "
+              f"export from '{previous}'", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _atomic_directory(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yields an empty temporary directory; moves it onto `path` on success.
+
+    The directory lies in a locked workspace `.NAME.<hex>.tmp` beside `path` (see
+    `_clean_leftovers`). With `overwrite`, the previous directory is moved aside to
+    `.NAME.<hex>.old` first and deleted only once the new one is in place; if anything fails, it is
+    moved back. Nothing temporary survives, unless the process is killed: the next export to
+    `path` cleans up after it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = _temporary_sibling(path, "tmp")
+    _clean_leftovers(path)
+    workspace = _temporary_sibling(path, "tmp")
     previous = None
     try:
-        yield staging
-        _check_target(path, overwrite)  # again: something may have appeared meanwhile
-        if path.exists():
-            previous = _temporary_sibling(path, "old")
-            os.replace(path, previous)
-        _move_into_place(staging, path)
-    except BaseException:
-        if previous is not None and not path.exists():
-            os.replace(previous, path)
-            previous = None
-        raise
+        with _lock(workspace / _LOCK_FILE):
+            staging = workspace / "export"
+            staging.mkdir()
+            try:
+                yield staging
+                _check_target(path, overwrite)  # again: something may have appeared meanwhile
+                if path.exists():
+                    previous = workspace.with_name(workspace.name[: -len(".tmp")] + ".old")
+                    os.replace(path, previous)
+                _move_into_place(staging, path)
+            except BaseException:
+                if previous is not None and not path.exists():
+                    os.replace(previous, path)
+                    previous = None
+                raise
+            finally:
+                if previous is not None:  # the new export is in place
+                    shutil.rmtree(previous, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def _move_into_place(source: Path, target: Path) -> None:

@@ -17,11 +17,14 @@ Every file is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
+import shutil
+import sys
 import time
 import zipfile
 import zlib
@@ -57,18 +60,52 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+#: What tfvae writes into a run directory before its first epoch is saved: a run directory
+#: holding nothing else is the leftover of a failed start, and a new run may take it over.
+_FAILED_START_FILES = (CONFIG_FILE,)
+_FAILED_START_FOLDERS = ("logs", "checkpoints", BACKUP_DIR)
+
+
+def _is_failed_start(run_dir: Path) -> bool:
+    """Whether `run_dir` holds only what a `train` that saved no epoch leaves: config.json, and
+    TensorBoard event files or nothing under logs/, checkpoints/ and backup/."""
+    for entry in run_dir.iterdir():
+        if entry.name in _FAILED_START_FILES and entry.is_file():
+            continue
+        if entry.name not in _FAILED_START_FOLDERS or not entry.is_dir() or entry.is_symlink():
+            return False
+        for path in entry.rglob("*"):
+            if path.is_symlink() or (
+                path.is_file() and not (entry.name == "logs" and path.name.startswith("events.out.tfevents."))
+            ):
+                return False
+    return True
+
+
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
     """Creates `run_dir`, refusing one that already holds files (they are the user's).
 
+    A directory that holds only what a failed start of `tfvae train` wrote (config.json and empty
+    TensorBoard logs, no saved epoch) counts as empty: those leftovers are removed, nothing else.
+
     Raises:
-        FileExistsError: `run_dir` exists and is not empty, or is a file.
+        FileExistsError: `run_dir` is a file, or a directory holding other files.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(
-            f"Expected a new or empty run directory. Received: '{run_dir}', which already holds "
-            "files; choose another --run-dir, or continue it with --resume (nothing was changed)."
+            f"Expected --run-dir to name a directory. Received: '{run_dir}', which is a file "
+            "(nothing was changed)."
         )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not _is_failed_start(run_dir):
+            raise FileExistsError(
+                f"Expected a new or empty run directory. Received: '{run_dir}', which already holds "
+                "files; choose another --run-dir, or continue it with --resume (nothing was changed)."
+            )
+        for name in _FAILED_START_FOLDERS:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / CONFIG_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -78,13 +115,21 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
 
     Raises:
         FileNotFoundError: `run_dir` or its `config.json` does not exist.
+        ValueError: `config.json` is not a valid configuration (corrupt, truncated, edited).
     """
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"Expected a tfvae run directory with {CONFIG_FILE}. Received: '{run_dir}', which has none."
         )
-    values = json.loads(path.read_text())
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"Expected '{path}' to hold a run's configuration as JSON. It cannot be read "
+                         f"(corrupt or truncated): {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"Expected '{path}' to hold a JSON object of settings. Received: "
+                         f"{type(values).__name__}")
     values["run_dir"] = str(run_dir)
     return TrainConfig.from_dict(values, source=str(path))
 
@@ -108,6 +153,27 @@ def load_keras_file(path: str | os.PathLike):
         raise ValueError(f"'{path}' is not a readable .keras file (corrupt or truncated: {damaged} "
                          "fails its checks).")
     return keras.models.load_model(path)
+
+
+def epochs_trained(run_dir: str | os.PathLike) -> int:
+    """The epochs a run directory records: rows of metrics.csv, or its backup's epoch if later."""
+    run_dir = Path(run_dir)
+    epochs = len(read_metrics_csv(run_dir / "metrics.csv"))
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        metadata = json.loads((run_dir / BACKUP_DIR / distribute.BACKUP_METADATA_FILE).read_text())
+        epochs = max(epochs, int(metadata["epoch"]))
+    return epochs
+
+
+def _backup_is_readable(backup_dir: Path) -> bool:
+    """Whether a backup's metadata parses and its model archive passes the zip CRC checks."""
+    try:
+        metadata = json.loads((backup_dir / distribute.BACKUP_METADATA_FILE).read_text())
+        int(metadata["epoch"])
+        with zipfile.ZipFile(backup_dir / AtomicBackupAndRestore.WEIGHTS_FILE) as archive:
+            return archive.testzip() is None
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile):
+        return False
 
 
 def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
@@ -169,6 +235,63 @@ def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
     return written
 
 
+def _check_cache(cache) -> None:
+    """A cache path prefix must lie in an existing folder (checked by `train` before anything is
+    written; not by TrainConfig, so that a run whose cache folder is gone can still be evaluated)."""
+    if not isinstance(cache, str) or cache in ("auto", "memory", "none") or not cache:
+        return  # the data pipeline checks the rest
+    folder = Path(cache).parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"Expected cache to be 'auto', 'memory', 'none' or a file path prefix in an existing "
+            f"folder. Received: cache={cache!r}, whose folder '{folder}' does not exist."
+        )
+
+
+def _run_model(config: TrainConfig, image_shape, resume_dir: Path | None):
+    """The model to train and its first epoch: a new one, or the one a resumed run continues.
+
+    A resumed run with a backup (interrupted) gets a new model that `BackupAndRestore` fills in
+    `fit`; a finished run (its backup removed at the end) continues from its model.keras; so does
+    an interrupted run whose backup is unreadable, with a warning on stderr.
+
+    Raises:
+        ValueError: the model cannot be built from `config`; or the backup is unreadable and
+            there is no model.keras to fall back on.
+    """
+    initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
+    if resume_dir is not None:
+        finished_model = resume_dir / MODEL_FILE
+        backup_dir = resume_dir / BACKUP_DIR
+        interrupted = (backup_dir / distribute.BACKUP_METADATA_FILE).exists()
+        if interrupted and not _backup_is_readable(backup_dir):
+            backup_file = backup_dir / AtomicBackupAndRestore.WEIGHTS_FILE
+            if not finished_model.exists():
+                raise ValueError(
+                    f"Expected a readable backup to resume '{resume_dir}'. Received: '{backup_file}', "
+                    "which is missing, corrupt or truncated, and no model.keras of a finished epoch; "
+                    f"start over (remove '{resume_dir}' or choose another --run-dir)."
+                )
+            print(f"tfvae: warning: the backup '{backup_file}' is missing, corrupt or truncated; "
+                  f"resuming from '{finished_model}', the last finished epoch's model",
+                  file=sys.stderr)
+            shutil.rmtree(backup_dir)
+            interrupted = False
+        if not interrupted and finished_model.exists():
+            # A finished run (its backup was removed at the end): extend it from its last model.
+            return keras.models.load_model(finished_model), len(read_metrics_csv(resume_dir / "metrics.csv"))
+    vae = build_conv_vae(
+        image_shape,
+        config.latent_dim,
+        filters=config.filters,
+        hidden_units=config.hidden_units,
+        likelihood=config.likelihood,
+        beta=config.beta,
+        seed=config.seed,
+    )
+    return vae, initial_epoch
+
+
 def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
     """Trains a VAE as `config` says and writes (or continues) its run directory.
 
@@ -184,10 +307,15 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         The final metrics, also written to `metrics.json`.
 
     Raises:
-        ValueError: a bad configuration or data (a `tfvae.data.DataError` for a file that
-            cannot be read, also when found during training).
-        FileExistsError: a new run's directory already holds files.
+        ValueError: a bad configuration, data or model (found before anything is written; a
+            `tfvae.data.DataError` for a file that cannot be read, also when found during
+            training); with `resume`, fewer epochs than the run has, or an unreadable backup and
+            no model.keras.
+        FileExistsError: a new run's directory already holds files (other than the leftovers of
+            a failed start, see `prepare_run_dir`), or is a file.
         FileNotFoundError: `resume` of a directory that is not a run.
+        OSError: a file cannot be written (e.g. no space left on device), naming it; the files
+            of the last finished epoch stay intact and `resume` continues from them.
     """
     # An image found unreadable mid-fit becomes a DataError naming the file.
     with translate_pipeline_errors(), distribute.DistributedJob(
@@ -197,14 +325,28 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
 
 
 def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, verbose) -> dict:
+    _check_cache(config.cache)
     if resume:
         load_run_config(config.run_dir)  # raises unless it is a run directory
+        trained = epochs_trained(config.run_dir)
+        if config.epochs < trained:
+            raise ValueError(
+                f"Expected --epochs >= {trained} to resume '{config.run_dir}', which has trained "
+                f"{trained} epochs. Received: epochs={config.epochs} (nothing was changed)."
+            )
     keras.utils.set_random_seed(config.seed)
-    with job.scope():
-        # The data first: a bad source must not leave an empty run directory behind.
-        data = load_data(config)
     requested_run_dir = Path(config.run_dir or default_run_dir(config))
     config = dataclasses.replace(config, run_dir=str(requested_run_dir))
+    # The data and the model first: a bad source or a model that cannot be built must not leave
+    # a run directory behind (a retry of the corrected command would find it).
+    with job.scope():
+        data = load_data(config)
+        preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
+        # Only the chief resumes in the run directory itself (see output_dir below).
+        vae, initial_epoch = _run_model(config, data.image_shape, requested_run_dir if resume and job.is_chief else None)
+        optimizer = vae.optimizer if vae.compiled else keras.optimizers.Adam(config.learning_rate)
+        vae.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+
     # Only the chief writes the run directory; other workers of a multi-worker job write to a
     # temporary directory that the job removes (see tfvae.distribute.DistributedJob).
     if resume and job.is_chief:
@@ -212,43 +354,25 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     else:
         run_dir = job.output_dir(requested_run_dir, prepare_run_dir, dataclasses.asdict(config))
     write_json_atomic(run_dir / CONFIG_FILE, dataclasses.asdict(config))
-    preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
 
     finished_model = run_dir / MODEL_FILE
     backup_dir = job.backup_dir or run_dir / BACKUP_DIR
-    interrupted = (backup_dir / "training_metadata.json").exists()
+    interrupted = (backup_dir / distribute.BACKUP_METADATA_FILE).exists()
     # A multi-worker chief restarted with the same command resumes without --resume.
     previous_rows = read_metrics_csv(run_dir / "metrics.csv") if resume or interrupted else []
-    with job.scope():
-        if resume and not interrupted and finished_model.exists():
-            # A finished run (its backup was removed at the end): extend it from its last model.
-            vae = keras.models.load_model(finished_model)
-            initial_epoch = len(previous_rows)
-        else:
-            vae = build_conv_vae(
-                data.image_shape,
-                config.latent_dim,
-                filters=config.filters,
-                hidden_units=config.hidden_units,
-                likelihood=config.likelihood,
-                beta=config.beta,
-                seed=config.seed,
-            )
-            initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
-        optimizer = vae.optimizer if vae.compiled else keras.optimizers.Adam(config.learning_rate)
-        vae.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-
     last_good = AtomicModelCheckpoint(finished_model)
     best = AtomicModelCheckpoint(run_dir / BEST_CHECKPOINT, monitor="val_loss")
     best.best = min((float(r["val_loss"]) for r in previous_rows if r.get("val_loss")), default=None)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=True),
         last_good,
         best,
         MetricsCSVLogger(run_dir / "metrics.csv", previous_rows),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
         ImageSummaries(run_dir / "logs" / "images", preview_images[:32], seed=config.seed),
+        # Last: its metadata marks an epoch as done only once every file of that epoch is
+        # written, so a run stopped by a full disk or a kill redoes that epoch on resume.
+        AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=True),
     ]
     started = time.perf_counter()
     history = vae.fit(

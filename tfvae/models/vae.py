@@ -25,8 +25,8 @@ METRIC_NAMES = ("loss", "elbo", "reconstruction", "kl")
 
 
 def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-        raise ValueError(f"Expected beta to be a number >= 0. Received: beta={beta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+        raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={beta!r}")
     return float(beta)
 
 
