@@ -38,6 +38,7 @@ from tfvae.data import load
 from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
+from tfvae.objectives import ELBO, IWAE, CyclicalAnnealing, LinearWarmup
 
 #: Images in the sample, reconstruction and interpolation pictures.
 GRID_SIZE = 64
@@ -294,6 +295,33 @@ def load_data(config: TrainConfig, **overrides):
     return load(source, **settings)
 
 
+def build_objective(config: TrainConfig, steps_per_epoch: int):
+    """The `tfvae.objectives` object of a run's settings; schedule lengths in epochs become steps.
+
+    Args:
+        config: the run's `TrainConfig` (checked by `check_objective_settings`).
+        steps_per_epoch: int >= 1. Optimizer steps per epoch.
+
+    Returns:
+        `IWAE(iw_samples, gradient_estimator)` when iw_samples > 1, else `ELBO(beta, schedule,
+        free_bits)`.
+    """
+    if config.iw_samples > 1:
+        return IWAE(config.iw_samples, config.gradient_estimator)
+    schedule = None
+    if config.kl_schedule == "linear":
+        schedule = LinearWarmup(max(1, round(config.kl_warmup * steps_per_epoch)))
+    elif config.kl_schedule == "cyclical":
+        schedule = CyclicalAnnealing(max(1, round(config.kl_cycle * steps_per_epoch)))
+    return ELBO(config.beta, schedule, config.free_bits)
+
+
+def _steps_per_epoch(data, batch_size: int) -> int:
+    if data.num_train is not None:
+        return max(1, math.ceil(data.num_train / batch_size))
+    return max(1, int(data.train.cardinality().numpy()))
+
+
 def _finite_or_none(value) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -380,7 +408,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
                 filters=config.filters,
                 hidden_units=config.hidden_units,
                 likelihood=config.likelihood,
-                beta=config.beta,
+                objective=build_objective(config, _steps_per_epoch(data, config.batch_size)),
                 seed=config.seed,
             )
             initial_epoch = 0  # BackupAndRestore moves it forward when a backup exists
