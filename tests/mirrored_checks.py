@@ -6,6 +6,7 @@ TensorFlow initializes, which pytest's process has long done.
     python tests/mirrored_checks.py one-step --replicas 3 --batch-size 7
     python tests/mirrored_checks.py curves --replicas 2 --epochs 3
     python tests/mirrored_checks.py xla --replicas 2
+    python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --objective iwae
 """
 
 from __future__ import annotations
@@ -41,17 +42,33 @@ def fixed_noise_vae_class():
 
         def draw_noise(self, shape):
             row = tf.linspace(-1.5, 1.2, self.latent_dim)
-            return tf.broadcast_to(row, shape)
+            noise = tf.broadcast_to(row, shape)
+            if noise.shape.rank == 3:  # K importance samples: a different vector for each
+                noise += tf.reshape(tf.linspace(-1.0, 1.0, tf.shape(noise)[0]), [-1, 1, 1])
+            return noise
 
     return FixedNoiseVAE
 
 
-def build_model(vae_class, image_shape, seed=0):
+def build_model(vae_class, image_shape, seed=0, objective=None):
     import tfvae  # noqa: PLC0415
 
     encoder = tfvae.build_conv_encoder(image_shape, 3, filters=(4,), hidden_units=8)
     decoder = tfvae.build_conv_decoder(3, image_shape, filters=(4,), hidden_units=8)
-    return vae_class(encoder, decoder, likelihood="gaussian", seed=seed)
+    return vae_class(encoder, decoder, likelihood="gaussian", seed=seed, objective=objective)
+
+
+def make_objective(name: str, vae, images):
+    """The objective of `--objective`; free bits get a lambda between the dimensions' mean KLs
+    (global batch), so that some dimensions are penalized and others are not."""
+    from tfvae.objectives import ELBO, IWAE, kl_per_dimension  # noqa: PLC0415
+
+    if name == "elbo":
+        return None
+    if name == "iwae":
+        return IWAE(5)
+    mean_kl = np.sort(kl_per_dimension(vae.encode(images), vae.prior_distribution()).numpy().mean(axis=0))
+    return ELBO(free_bits=float((mean_kl[0] + mean_kl[-1]) / 2))
 
 
 def trainable_weights(vae) -> dict:
@@ -75,7 +92,7 @@ def one_step(args) -> dict:
 
     def one_fit_step(strategy):
         with strategy.scope():
-            vae = build_model(vae_class, images.shape[1:])
+            vae = build_model(vae_class, images.shape[1:], objective=objective)
             vae.set_weights(initial_model.get_weights())
             vae.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
         history = vae.fit(images, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
@@ -83,6 +100,7 @@ def one_step(args) -> dict:
         return trainable_weights(vae), logs
 
     initial_model = build_model(vae_class, images.shape[1:])
+    objective = make_objective(args.objective, initial_model, images)
     initial_weights = trainable_weights(initial_model)
     single_weights, single_logs = one_fit_step(tf.distribute.get_strategy())
 
@@ -115,6 +133,7 @@ def one_step(args) -> dict:
         },
         single_logs=single_logs,
         mirrored_logs=mirrored_logs,
+        objective=repr(objective),
         replica_draws=replica_noise(strategy),
     )
     return result
@@ -192,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--objective", choices=["elbo", "iwae", "free-bits"], default="elbo")
     args = parser.parse_args(argv)
     checks = {"one-step": one_step, "curves": curves, "xla": xla}
     print("RESULT " + json.dumps(checks[args.check](args)))

@@ -162,6 +162,23 @@ def test_one_step_under_mirrored_equals_one_device(replicas, batch_size):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("objective", ["iwae", "free-bits"])
+def test_one_step_of_another_objective_under_two_replicas_equals_one_device(objective):
+    # 7 examples over 2 replicas ([4, 3]): free bits must take each dimension's mean KL over the
+    # global batch, not per replica; IWAE decodes K = 5 samples of every example.
+    result = run_script("mirrored_checks.py", "one-step", "--replicas", 2, "--batch-size", 7,
+                        "--objective", objective)
+    assert result["objective"].startswith("IWAE(num_samples=5" if objective == "iwae" else "ELBO(")
+    assert all(change > 1e-4 for change in result["weight_changes"].values()), result
+    for name, difference in result["weight_differences"].items():
+        assert difference < 1e-5, (name, difference)
+    for name in ("loss", "elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose(
+            result["mirrored_logs"][name], result["single_logs"][name], rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.slow
 def test_loss_curves_under_two_replicas_match_one_device():
     result = run_script("mirrored_checks.py", "curves", "--replicas", 2, "--epochs", 3)
     single, mirrored = result["single"], result["mirrored"]

@@ -486,3 +486,28 @@ def test_a_killed_export_is_cleaned_up_by_the_next(small_vae, tmp_path):
         process.wait()
     tfvae.export_saved_model(small_vae, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "objective",
+    [
+        tfvae.objectives.ELBO(0.5, tfvae.objectives.LinearWarmup(4), free_bits=0.2),
+        tfvae.objectives.IWAE(4, gradient_estimator="dreg"),
+    ],
+    ids=["elbo-warmup-free-bits", "iwae-dreg"],
+)
+def test_export_works_for_every_objective(objective, digits, tmp_path):
+    # The objective shapes training only: the exported generative API is the same.
+    (train_images, _), (validation_images, _) = digits
+    vae = tfvae.build_conv_vae((8, 8, 1), latent_dim=2, filters=(4,), seed=3, objective=objective)
+    vae.compile()
+    vae.fit(train_images[:64], epochs=1, batch_size=32, verbose=0)
+    path = tfvae.export_saved_model(vae, tmp_path / "export")
+    loaded = tf.saved_model.load(str(path))
+    images = validation_images[:8]
+    _close(loaded.embed(images)["embedding"], vae.encode(images).mean())
+    _close(loaded.reconstruct(images)["images"], vae.reconstruct(images))
+    noise = tf.random.stateless_normal([8, 2], seed=export.stateless_seed(11))
+    _close(loaded.elbo(images, 11)["elbo"], _keras_elbo_with_noise(vae, images, noise)["elbo"])
+    assert loaded.sample(3, 0)["images"].shape == (3, 8, 8, 1)

@@ -7,6 +7,7 @@ import json
 import math
 
 import keras
+import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -225,3 +226,25 @@ def test_a_larger_max_trials_on_a_used_up_search_space_says_that_no_trial_ran(se
             "the best of them is reported") in captured.err.splitlines()
     assert read_rows(f"{summary['run_dir']}/trials.csv") == before
     assert summary["trials_run"] == 3  # the first search ran all three
+
+
+def test_hypermodel_searches_beta_free_bits_and_k_compared_by_the_validation_elbo():
+    hypermodel = VAEHyperModel((8, 8, 1), latent_dims=(2,), filters=((4,),), betas=(0.5, 1.0),
+                               free_bits=(0.0, 0.25), iw_samples=(1, 3), gradient_estimator="dreg")
+    assert hypermodel.default_objective.name == "val_elbo"
+    assert hypermodel.default_objective.direction == "max"
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("iw_samples", 3)
+    vae = hypermodel.build(hp)
+    assert isinstance(vae.objective, tfvae.objectives.IWAE)
+    assert (vae.objective.num_samples, vae.objective.gradient_estimator) == (3, "dreg")
+    assert "beta" not in hp.values and "free_bits" not in hp.values  # no KL term with K > 1
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("iw_samples", 1)
+    hp.Fixed("free_bits", 0.25)
+    vae = hypermodel.build(hp)
+    assert isinstance(vae.objective, tfvae.objectives.ELBO) and vae.objective.free_bits == 0.25
+    assert hypermodel.build(keras_tuner.HyperParameters()).objective.beta == 0.5
+    assert VAEHyperModel((8, 8, 1), filters=((4,),)).default_objective.name == "val_loss"
+    with pytest.raises(ValueError, match=r"iw_samples.*Received: iw_samples=\(0,\)"):
+        VAEHyperModel((8, 8, 1), iw_samples=(0,))

@@ -75,7 +75,7 @@ def test_fit_and_methods_for_each_shape_and_likelihood(image_shape, likelihood):
     vae.compile()
     x = np.random.default_rng(0).uniform(size=(8, *image_shape)).astype("float32")
     history = vae.fit(x, epochs=1, batch_size=4, verbose=0)
-    assert sorted(history.history) == ["elbo", "kl", "loss", "reconstruction"]
+    assert sorted(history.history) == ["beta", "elbo", "kl", "loss", "reconstruction"]
     assert np.isfinite(history.history["loss"][0])
     assert vae.predict(x, verbose=0).shape == x.shape
     assert vae.reconstruct(x[:2]).shape == (2, *image_shape)
@@ -161,7 +161,7 @@ def test_keras_round_trip_keeps_outputs_and_the_custom_train_step(tmp_path, digi
     assert restored.optimizer.iterations.numpy() == vae.optimizer.iterations.numpy()
     history = restored.fit(images[:512], epochs=3, batch_size=64, verbose=0).history
     # Our train_step, not Keras's default (which would need a compiled loss): ELBO metrics, falling loss.
-    assert sorted(history) == ["elbo", "kl", "loss", "reconstruction"]
+    assert sorted(history) == ["beta", "elbo", "kl", "loss", "reconstruction"]
     assert history["loss"][-1] < history["loss"][0]
 
 

@@ -79,6 +79,13 @@ _TRAIN_SETTINGS = (
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
     ("--likelihood", dict(choices=["bernoulli", "gaussian"], help="p(x|z): bernoulli (data in [0, 1]) or gaussian (default: %(default)s)")),
     ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
+    # The training objective (see README "Training objectives").
+    ("--kl-schedule", dict(choices=["constant", "linear", "cyclical"], help="beta over training: constant, linear warm-up from 0 over --kl-warmup epochs, or cyclical annealing with cycles of --kl-cycle epochs (default: %(default)s)")),
+    ("--kl-warmup", dict(type=float, metavar="EPOCHS", help="epochs of the linear KL warm-up (with --kl-schedule linear)")),
+    ("--kl-cycle", dict(type=float, metavar="EPOCHS", help="epochs per cycle of cyclical annealing, ramping over the first half (with --kl-schedule cyclical)")),
+    ("--free-bits", dict(type=float, metavar="NATS", help="nats of KL per latent dimension not penalized (default: %(default)s, off)")),
+    ("--iw-samples", dict(type=_positive_int, metavar="K", help="train the importance-weighted bound with K samples (K > 1; K times the decodes per step) (default: %(default)s, the ELBO)")),
+    ("--gradient-estimator", dict(choices=["standard", "dreg"], help="encoder gradient of the importance-weighted bound (dreg: Tucker et al. 2019) (default: %(default)s)")),
     ("--epochs", dict(type=_positive_int, help="total epochs of the run; with --resume, where it ends (default: %(default)s)")),
     ("--batch-size", dict(type=_positive_int, help="global batch size (default: %(default)s)")),
     ("--learning-rate", dict(type=float, help="Adam learning rate (default: %(default)s)")),

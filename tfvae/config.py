@@ -136,7 +136,9 @@ class TrainConfig:
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
         likelihood: str. "bernoulli" or "gaussian".
-        beta: float. Weight of the KL term.
+        beta: float. Weight of the KL term (the target of a KL schedule).
+        kl_schedule, kl_warmup, kl_cycle, free_bits, iw_samples, gradient_estimator: the training
+            objective; see `check_objective_settings` and `tfvae.training.build_objective`.
         epochs: int. The total number of epochs of the run (a resumed run ends there too).
         batch_size: int. The global batch size.
         learning_rate: float. Adam's learning rate.
@@ -162,6 +164,15 @@ class TrainConfig:
     hidden_units: int | None = None
     likelihood: str = "bernoulli"
     beta: float = 1.0
+    # --- The training objective (issue 12); checked by check_objective_settings, built by
+    # tfvae.training.build_objective. kl_warmup and kl_cycle are in epochs (fractions allowed).
+    kl_schedule: str = "constant"
+    kl_warmup: float = 0.0
+    kl_cycle: float = 0.0
+    free_bits: float = 0.0
+    iw_samples: int = 1
+    gradient_estimator: str = "standard"
+    # --- end of the training objective
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -191,6 +202,7 @@ class TrainConfig:
             )
         if not (_is_number(self.beta) and 0 <= self.beta < math.inf):
             raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={self.beta!r}")
+        check_objective_settings(self)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
@@ -207,6 +219,58 @@ class TrainConfig:
                 f"Unknown setting(s) {unknown} in {source}. Expected keys among {sorted(known)}."
             )
         return cls(**normalized)
+
+
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+GRADIENT_ESTIMATORS = ("standard", "dreg")
+
+
+def check_objective_settings(config) -> None:
+    """Raises ValueError for a bad objective setting of a TrainConfig, or a refused combination.
+
+    The importance-weighted bound (iw_samples > 1) has no separate KL term, so beta != 1, a KL
+    schedule and free bits are refused with it; DReG is an estimator for iw_samples > 1.
+    """
+    if config.kl_schedule not in KL_SCHEDULES:
+        raise ValueError(f"Expected kl_schedule in {list(KL_SCHEDULES)}. Received: kl_schedule={config.kl_schedule!r}")
+    if config.gradient_estimator not in GRADIENT_ESTIMATORS:
+        raise ValueError(
+            f"Expected gradient_estimator in {list(GRADIENT_ESTIMATORS)}. "
+            f"Received: gradient_estimator={config.gradient_estimator!r}"
+        )
+    for name in ("kl_warmup", "kl_cycle", "free_bits"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            raise ValueError(f"Expected {name} to be a finite number >= 0. Received: {name}={value!r}")
+    if isinstance(config.iw_samples, bool) or not isinstance(config.iw_samples, int) or config.iw_samples < 1:
+        raise ValueError(f"Expected iw_samples to be an integer >= 1. Received: iw_samples={config.iw_samples!r}")
+    needs = {"linear": "kl_warmup", "cyclical": "kl_cycle"}
+    for name in ("kl_warmup", "kl_cycle"):
+        if name == needs.get(config.kl_schedule) and not getattr(config, name) > 0:
+            raise ValueError(
+                f"Expected {name} > 0 epochs with kl_schedule={config.kl_schedule!r}. Received: {name}={getattr(config, name)!r}"
+            )
+        if name != needs.get(config.kl_schedule) and getattr(config, name) != 0:
+            wanted = [schedule for schedule, setting in needs.items() if setting == name][0]
+            raise ValueError(
+                f"Expected {name} only with kl_schedule={wanted!r}. Received: {name}={getattr(config, name)!r} "
+                f"with kl_schedule={config.kl_schedule!r}"
+            )
+    if config.iw_samples > 1:
+        refused = {
+            "beta": config.beta != 1, "kl_schedule": config.kl_schedule != "constant", "free_bits": config.free_bits > 0,
+        }
+        for name, is_set in refused.items():
+            if is_set:
+                raise ValueError(
+                    f"Expected no {name} with iw_samples > 1 (the importance-weighted bound has no separate KL "
+                    f"term). Received: {name}={getattr(config, name)!r} and iw_samples={config.iw_samples}"
+                )
+    elif config.gradient_estimator == "dreg":
+        raise ValueError(
+            "Expected iw_samples > 1 with gradient_estimator='dreg' (an estimator of the importance-weighted "
+            f"bound's gradient). Received: iw_samples={config.iw_samples}"
+        )
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

@@ -45,6 +45,7 @@ from tfvae.data import load, translate_pipeline_errors
 from tfvae.data.pipeline import source_short_name
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
+from tfvae.objectives import ELBO, IWAE, CyclicalAnnealing, LinearWarmup
 
 #: Images in the sample, reconstruction and interpolation pictures.
 GRID_SIZE = 64
@@ -207,6 +208,33 @@ def load_data(config: TrainConfig, **overrides):
     return load(source, **settings)
 
 
+def build_objective(config: TrainConfig, steps_per_epoch: int):
+    """The `tfvae.objectives` object of a run's settings; schedule lengths in epochs become steps.
+
+    Args:
+        config: the run's `TrainConfig` (checked by `check_objective_settings`).
+        steps_per_epoch: int >= 1. Optimizer steps per epoch.
+
+    Returns:
+        `IWAE(iw_samples, gradient_estimator)` when iw_samples > 1, else `ELBO(beta, schedule,
+        free_bits)`.
+    """
+    if config.iw_samples > 1:
+        return IWAE(config.iw_samples, config.gradient_estimator)
+    schedule = None
+    if config.kl_schedule == "linear":
+        schedule = LinearWarmup(max(1, round(config.kl_warmup * steps_per_epoch)))
+    elif config.kl_schedule == "cyclical":
+        schedule = CyclicalAnnealing(max(1, round(config.kl_cycle * steps_per_epoch)))
+    return ELBO(config.beta, schedule, config.free_bits)
+
+
+def _steps_per_epoch(data, batch_size: int) -> int:
+    if data.num_train is not None:
+        return max(1, math.ceil(data.num_train / batch_size))
+    return max(1, int(data.train.cardinality().numpy()))
+
+
 def _finite_or_none(value) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -248,7 +276,7 @@ def _check_cache(cache) -> None:
         )
 
 
-def _run_model(config: TrainConfig, image_shape, resume_dir: Path | None):
+def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_dir: Path | None):
     """The model to train and its first epoch: a new one, or the one a resumed run continues.
 
     A resumed run with a backup (interrupted) gets a new model that `BackupAndRestore` fills in
@@ -286,7 +314,7 @@ def _run_model(config: TrainConfig, image_shape, resume_dir: Path | None):
         filters=config.filters,
         hidden_units=config.hidden_units,
         likelihood=config.likelihood,
-        beta=config.beta,
+        objective=build_objective(config, steps_per_epoch),
         seed=config.seed,
     )
     return vae, initial_epoch
@@ -343,7 +371,10 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
         data = load_data(config)
         preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
         # Only the chief resumes in the run directory itself (see output_dir below).
-        vae, initial_epoch = _run_model(config, data.image_shape, requested_run_dir if resume and job.is_chief else None)
+        vae, initial_epoch = _run_model(
+            config, data.image_shape, _steps_per_epoch(data, config.batch_size),
+            requested_run_dir if resume and job.is_chief else None,
+        )
         optimizer = vae.optimizer if vae.compiled else keras.optimizers.Adam(config.learning_rate)
         vae.compile(optimizer=optimizer, jit_compile=config.jit_compile)
 

@@ -1,4 +1,4 @@
-"""Choosing the latent size (and learning rate, beta, filters, batch size) with keras-tuner.
+"""Choosing the latent size (and learning rate, beta, free bits, K, filters, batch size) with keras-tuner.
 
 `VAEHyperModel` is the search space; `tune(config)` is the job behind `tfvae tune`, which writes
 a tuning run directory:
@@ -14,6 +14,7 @@ a tuning run directory:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -33,10 +34,14 @@ from tfvae.data.pipeline import source_short_name
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_vae
+from tfvae.objectives import ELBO, GRADIENT_ESTIMATORS, IWAE
 from tfvae.training import TrainConfig, load_data
 
 #: The objective every tuner of this module minimizes unless told otherwise: -ELBO on validation.
 DEFAULT_OBJECTIVE = keras_tuner.Objective("val_loss", direction="min")
+#: The comparison when the training objective itself is searched (beta, free bits, K): the
+#: validation ELBO at beta = 1, never the trained loss, which differs between the objectives.
+ELBO_OBJECTIVE = keras_tuner.Objective("val_elbo", direction="max")
 TUNERS = ("random", "bayesian", "hyperband", "grid")
 SETTINGS_FILE = "tuning.json"
 TUNER_DIR = "tuner"
@@ -69,9 +74,16 @@ class VAEHyperModel(keras_tuner.HyperModel):
 
     Every argument that takes a sequence lists the candidates of one hyperparameter. The latent
     size is always the hyperparameter `"latent_dim"` (`hp.Choice`); the others are searched
-    (`"learning_rate"`, `"beta"`, `"filters"`, `"batch_size"`) only when given more than one
-    candidate, and are fixed otherwise. `build(hp)` returns a built and compiled `tfvae.VAE`, so
-    keras-tuner can load a trial's weights into it (`tuner.get_best_models()`).
+    (`"learning_rate"`, `"beta"`, `"free_bits"`, `"iw_samples"`, `"filters"`, `"batch_size"`)
+    only when given more than one candidate, and are fixed otherwise. `build(hp)` returns a built
+    and compiled `tfvae.VAE`, so keras-tuner can load a trial's weights into it
+    (`tuner.get_best_models()`).
+
+    The training objective is `tfvae.objectives.ELBO(beta, free_bits=...)` when K (`iw_samples`)
+    is 1 and `tfvae.objectives.IWAE(K, gradient_estimator)` when K > 1; beta and free bits are
+    drawn only for K = 1 (conditional hyperparameters), since the IWAE bound has no KL term.
+    Trials that train different objectives are compared by `default_objective`: the validation
+    ELBO (or, afterwards, `vae.importance_weighted_nll`), never the trained loss.
 
     Args:
         image_shape: `(H, W, C)`, the shape of one image (e.g. `DataSplits.image_shape`).
@@ -79,6 +91,9 @@ class VAEHyperModel(keras_tuner.HyperModel):
         likelihood: "bernoulli" or "gaussian"; see `tfvae.VAE`.
         learning_rates: floats > 0. Candidate learning rates of Adam.
         betas: floats >= 0. Candidate weights of the KL term.
+        free_bits: floats >= 0. Candidate free bits (nats per latent dimension; 0 is off).
+        iw_samples: ints >= 1. Candidate K; K > 1 trains the importance-weighted bound.
+        gradient_estimator: "standard" or "dreg", the encoder gradient when K > 1.
         filters: sequences of ints. Candidate encoder channels (the decoder mirrors them); H and W
             must be divisible by `2 ** len(filters)` for each.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
@@ -105,6 +120,9 @@ class VAEHyperModel(keras_tuner.HyperModel):
         likelihood: str = "bernoulli",
         learning_rates: Sequence[float] = (1e-3,),
         betas: Sequence[float] = (1.0,),
+        free_bits: Sequence[float] = (0.0,),
+        iw_samples: Sequence[int] = (1,),
+        gradient_estimator: str = "standard",
         filters: Sequence[Sequence[int]] = ((32, 64),),
         hidden_units: int | None = None,
         batch_sizes: Sequence[int] | None = None,
@@ -116,6 +134,14 @@ class VAEHyperModel(keras_tuner.HyperModel):
         self.latent_dims = _choices("latent_dims", latent_dims, int, 1)
         self.learning_rates = _choices("learning_rates", learning_rates, (int, float), 0, allow_equal=False)
         self.betas = _choices("betas", betas, (int, float), 0)
+        self.free_bits = _choices("free_bits", free_bits, (int, float), 0)
+        self.iw_samples = _choices("iw_samples", iw_samples, int, 1)
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(
+                f"Expected gradient_estimator in {list(GRADIENT_ESTIMATORS)}. "
+                f"Received: gradient_estimator={gradient_estimator!r}"
+            )
+        self.gradient_estimator = gradient_estimator
         if not filters or not all(isinstance(f, Sequence) and f and all(
                 isinstance(c, int) and c >= 1 for c in f) for f in filters):
             raise ValueError(
@@ -132,6 +158,24 @@ class VAEHyperModel(keras_tuner.HyperModel):
         # Fails now, not in the first trial, when the shapes do not fit (e.g. too many filters).
         for channels in self.filters.values():
             build_conv_vae(self.image_shape, self.latent_dims[0], filters=channels, hidden_units=hidden_units)
+
+    @property
+    def default_objective(self) -> keras_tuner.Objective:
+        """`val_elbo` (max) when beta, free bits or K is searched, else `val_loss` (min)."""
+        if any(len(candidates) > 1 for candidates in (self.betas, self.free_bits, self.iw_samples)):
+            return ELBO_OBJECTIVE
+        return DEFAULT_OBJECTIVE
+
+    def _training_objective(self, hp):
+        num_samples = self._pick(hp, "iw_samples", self.iw_samples)
+        if num_samples > 1:
+            return IWAE(int(num_samples), self.gradient_estimator)
+        # beta and free bits exist only for K = 1 trials when K is searched.
+        scope = hp.conditional_scope("iw_samples", [1]) if len(self.iw_samples) > 1 else contextlib.nullcontext()
+        with scope:
+            beta = self._pick(hp, "beta", self.betas)
+            free_bits = self._pick(hp, "free_bits", self.free_bits)
+        return ELBO(float(beta), free_bits=float(free_bits))
 
     @staticmethod
     def _pick(hp, name: str, candidates: Sequence):
@@ -154,14 +198,13 @@ class VAEHyperModel(keras_tuner.HyperModel):
         latent_dim = hp.Choice("latent_dim", list(self.latent_dims))
         filters = self.filters[self._pick(hp, "filters", list(self.filters))]
         learning_rate = self._pick(hp, "learning_rate", self.learning_rates)
-        beta = self._pick(hp, "beta", self.betas)
         vae = build_conv_vae(
             self.image_shape,
             latent_dim,
             filters=filters,
             hidden_units=self.hidden_units,
             likelihood=self.likelihood,
-            beta=float(beta),
+            objective=self._training_objective(hp),
             seed=self.seed,
         )
         vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
@@ -261,8 +304,9 @@ class TuningConfig:
         latent_dims: tuple of ints. Candidate latent sizes.
         max_trials: int. Trials to run in all.
         tuner: one of `TUNERS`.
-        learning_rates, betas, batch_sizes: tuples of candidates, or None to keep the `train`
-            value fixed.
+        learning_rates, betas, free_bits, iw_samples, batch_sizes: tuples of candidates, or None
+            to keep the `train` value fixed (K > 1 trains `tfvae.objectives.IWAE` with the
+            train's `gradient_estimator`).
     """
 
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -272,11 +316,13 @@ class TuningConfig:
     learning_rates: tuple[float, ...] | None = None
     betas: tuple[float, ...] | None = None
     batch_sizes: tuple[int, ...] | None = None
+    free_bits: tuple[float, ...] | None = None
+    iw_samples: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
-        for name in ("latent_dims", "learning_rates", "betas", "batch_sizes"):
+        for name in ("latent_dims", "learning_rates", "betas", "batch_sizes", "free_bits", "iw_samples"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         if self.tuner not in TUNERS:
@@ -293,6 +339,9 @@ class TuningConfig:
             likelihood=train.likelihood,
             learning_rates=self.learning_rates or (train.learning_rate,),
             betas=self.betas or (train.beta,),
+            free_bits=self.free_bits or (train.free_bits,),
+            iw_samples=self.iw_samples or (train.iw_samples,),
+            gradient_estimator=train.gradient_estimator,
             filters=(train.filters,),
             hidden_units=train.hidden_units,
             batch_sizes=self.batch_sizes,
@@ -445,7 +494,7 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
     write_json_atomic(run_dir / SETTINGS_FILE, dataclasses.asdict(config))
 
     tuner = make_tuner(hypermodel, config.tuner, run_dir, config.max_trials, config.train.epochs,
-                       seed=config.train.seed)
+                       objective=hypermodel.default_objective, seed=config.train.seed)
     completed_before = _completed_trials(tuner)
     tuner.search(
         data.train,

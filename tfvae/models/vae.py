@@ -15,7 +15,9 @@ from tfvae.models.decoder import build_conv_decoder
 from tfvae.models.encoder import build_conv_encoder
 from tfvae.models.validation import check_latent_dim
 from tfvae.objectives import (
+    ELBO,
     elbo_terms,
+    get_objective,
     log_importance_weights,
     posterior_distribution,
     reparameterized_sample,
@@ -40,12 +42,16 @@ class VAE(keras.Model):
 
     The encoder gives the parameters of a diagonal Gaussian posterior q(z|x); a reparameterized
     sample z = loc + scale * eps is decoded into the parameters of p(x|z). Training maximizes the
-    per-example objective E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), summed over pixels and
-    latent dimensions and averaged over the global batch; `beta=1` is the ELBO itself.
+    model's `objective`, averaged over the global batch: by default the per-example
+    E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), summed over pixels and latent dimensions
+    (`beta=1` is the ELBO itself); `tfvae.objectives.ELBO` adds KL schedules and free bits,
+    `tfvae.objectives.IWAE` the importance-weighted bound.
 
-    `fit` and `evaluate` report `loss` (-mean objective, plus any weight regularization),
-    `elbo` (the bound with beta = 1, comparable across beta), `reconstruction` (-log p(x|z)) and
-    `kl`. The model is built when constructed, so it can be saved, exported and tuned at once.
+    `fit` and `evaluate` report `loss` (the trained objective, negated, plus any weight
+    regularization), `elbo` (the one-sample bound with beta = 1, comparable across objectives),
+    `reconstruction` (-log p(x|z)) and `kl`; `fit` also logs `beta`, the KL weight of the
+    epoch's last step (ELBO objectives). The model is built when constructed, so it can be saved,
+    exported and tuned at once.
 
     Args:
         encoder: keras.Model (or Layer). Maps images `[B, H, W, C]` to `[loc, raw_scale]` (two
@@ -55,9 +61,13 @@ class VAE(keras.Model):
         likelihood: str or `tfvae.distributions.Likelihood`. `"bernoulli"` (logits; data in
             [0, 1]) or `"gaussian"` (mean from the decoder, learned per-channel scale).
         prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
-        beta: float >= 0. Initial weight of the KL term in training. It is kept in a
-            non-trainable variable, `vae.beta`, so callbacks can anneal it during `fit`
-            (`vae.beta.assign(value)`).
+        beta: float >= 0 or None. Weight of the KL term in training, short for
+            `objective=tfvae.objectives.ELBO(beta=beta)`. It is kept in a non-trainable
+            variable, `vae.beta`, so callbacks can anneal it during `fit`
+            (`vae.beta.assign(value)`). Default 1 when no objective is given.
+        objective: None, "elbo", "iwae" or a `tfvae.objectives.Objective`
+            (`ELBO(beta=..., kl_schedule=..., free_bits=...)`, `IWAE(num_samples=K,
+            gradient_estimator="dreg")`). Default: `ELBO(beta)`.
         seed: int or None. Seed of the model's `keras.random.SeedGenerator` (the posterior
             noise). None draws one from Keras's global seed (`keras.utils.set_random_seed`).
         **kwargs: passed to `keras.Model` (`name`, `dtype`, ...).
@@ -72,7 +82,8 @@ class VAE(keras.Model):
 
     Raises:
         ValueError: parts whose shapes do not fit together, an unknown likelihood or prior, a
-            negative beta; and, from `fit`/`evaluate`, data of the wrong shape, dtype or range.
+            negative beta, beta given with an objective, an objective the parts do not allow
+            (free bits with a prior that does not factorize); and, from `fit`/`evaluate`, data of the wrong shape, dtype or range.
 
     Example:
 
@@ -81,7 +92,7 @@ class VAE(keras.Model):
     >>> vae.compile(optimizer="adam")
     >>> history = vae.fit(np.random.rand(64, 28, 28, 1).astype("float32"), epochs=1, verbose=0)
     >>> sorted(history.history)
-    ['elbo', 'kl', 'loss', 'reconstruction']
+    ['beta', 'elbo', 'kl', 'loss', 'reconstruction']
     """
 
     def __init__(
@@ -90,8 +101,9 @@ class VAE(keras.Model):
         decoder,
         likelihood="bernoulli",
         prior="standard_normal",
-        beta: float = 1.0,
+        beta: float | None = None,
         seed: int | None = None,
+        objective=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,7 +113,13 @@ class VAE(keras.Model):
         self.likelihood = get_likelihood(likelihood)
         self.prior = get_prior(prior)
         self.image_shape, self.latent_dim = self._check_parts(encoder, decoder)
-        self._initial_beta = _check_beta(beta)
+        if beta is not None and objective is not None:
+            raise ValueError(
+                "Expected beta inside the objective (e.g. tfvae.objectives.ELBO(beta=0.5)), not "
+                f"beside it. Received: beta={beta!r} and objective={objective!r}"
+            )
+        self.objective = ELBO(_check_beta(beta)) if beta is not None else get_objective(objective)
+        self._initial_beta = self.objective.initial_kl_weight()
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="posterior_noise")
         self.beta_variable = self.add_weight(
@@ -109,6 +127,8 @@ class VAE(keras.Model):
             shape=(),
             initializer=keras.initializers.Constant(self._initial_beta),
             trainable=False,
+            # Every replica writes the same scheduled value; the first one's write is kept.
+            aggregation="only_first_replica",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.elbo_tracker = keras.metrics.Mean(name="elbo")
@@ -122,6 +142,7 @@ class VAE(keras.Model):
         if not self.prior.built:
             self.prior.build((self.latent_dim,))
         self.build((None, *self.image_shape))
+        self.objective.check_model(self)
 
     def build(self, input_shape):
         # The encoder and decoder are built by construction; the likelihood and prior were built
@@ -457,7 +478,7 @@ class VAE(keras.Model):
         return [self.loss_tracker, self.elbo_tracker, self.reconstruction_tracker, self.kl_tracker]
 
     def compile(self, optimizer="adam", **kwargs):
-        """Configures the optimizer; the loss is always the negative ELBO.
+        """Configures the optimizer; the loss is always the model's `objective`, negated.
 
         Args:
             optimizer: a Keras optimizer or its name. Default Adam (learning rate 1e-3).
@@ -483,14 +504,21 @@ class VAE(keras.Model):
         self.compile(**config)
         self.optimizer.build(self.trainable_variables)
 
-    def _loss_and_metrics(self, images, sample_weight, training):
+    def _kl_weight(self, write: bool):
+        """The beta of this step (None for objectives without one); with `write`, a scheduled
+        beta is stored in the `beta` variable, which logs and callbacks read."""
+        beta = self.objective.kl_weight(self.optimizer.iterations, self.beta_variable)
+        if write and beta is not None and self.objective.writes_kl_weight():
+            self.beta_variable.assign(beta)
+        return beta
+
+    def _loss_and_metrics(self, images, sample_weight, training, beta):
         """Returns `(loss_sum, batch_size, regularization, terms)` for this replica's batch.
 
         `loss_sum` sums the per-example losses (times `sample_weight`) and `batch_size` counts the
         examples: as Keras's "sum_over_batch_size", weights scale examples, the batch size divides.
         """
-        terms = self.compute_elbo_terms(images, training=training)
-        per_example_loss = -terms["objective"]
+        per_example_loss, terms = self.objective(self, images, beta, training)
         if sample_weight is not None:
             weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
             per_example_loss = per_example_loss * weights
@@ -522,9 +550,10 @@ class VAE(keras.Model):
 
     def train_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        beta = self._kl_weight(write=True)
         with tf.GradientTape() as tape:
             loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
-                images, sample_weight, training=True
+                images, sample_weight, training=True, beta=beta
             )
             # The gradients are summed over the replicas, so each replica contributes its loss
             # sum over the *global* batch size (and 1/N of the regularization): the gradient is
@@ -543,12 +572,15 @@ class VAE(keras.Model):
         gradients = tape.gradient(gradient_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
-        return self._update_metrics(loss, terms, sample_weight)
+        logs = self._update_metrics(loss, terms, sample_weight)
+        if beta is not None:
+            logs["beta"] = tf.identity(beta)
+        return logs
 
     def test_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
-            images, sample_weight, training=False
+            images, sample_weight, training=False, beta=self._kl_weight(write=False)
         )
         loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
         return self._update_metrics(loss, terms, sample_weight)
@@ -579,7 +611,7 @@ class VAE(keras.Model):
             decoder=keras.saving.serialize_keras_object(self.decoder),
             likelihood=keras.saving.serialize_keras_object(self.likelihood),
             prior=keras.saving.serialize_keras_object(self.prior),
-            beta=self._initial_beta,
+            objective=keras.saving.serialize_keras_object(self.objective),
             seed=self.seed,
         )
         return config
@@ -588,7 +620,7 @@ class VAE(keras.Model):
     def from_config(cls, config):
         # Keras's deserialization consumes nested dicts; keep the caller's config intact.
         config = copy.deepcopy(config)
-        for key in ("encoder", "decoder", "likelihood", "prior"):
+        for key in ("encoder", "decoder", "likelihood", "prior", "objective"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
@@ -602,9 +634,10 @@ def build_conv_vae(
     hidden_units: int | None = None,
     likelihood="bernoulli",
     prior="standard_normal",
-    beta: float = 1.0,
+    beta: float | None = None,
     seed: int | None = None,
     name: str = "vae",
+    objective=None,
 ) -> VAE:
     """Builds a `VAE` from `build_conv_encoder` and its mirror image `build_conv_decoder`.
 
@@ -613,7 +646,7 @@ def build_conv_vae(
         latent_dim: int >= 1. The size of z.
         filters: the encoder's Conv2D channels; the decoder uses them reversed.
         kernel_size, hidden_units: see `build_conv_encoder`.
-        likelihood, prior, beta, seed: see `VAE`.
+        likelihood, prior, beta, seed, objective: see `VAE`.
         name: the model's name.
 
     Returns:
@@ -625,4 +658,7 @@ def build_conv_vae(
     filters = tuple(filters)
     encoder = build_conv_encoder(image_shape, latent_dim, filters, kernel_size, hidden_units)
     decoder = build_conv_decoder(latent_dim, image_shape, filters[::-1], kernel_size, hidden_units)
-    return VAE(encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name)
+    return VAE(
+        encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name,
+        objective=objective,
+    )
