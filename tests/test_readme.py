@@ -97,7 +97,7 @@ def prose_flags(text: str) -> list[tuple[int, str]]:
     flags = []
     for match in re.finditer(r"`([^`\n]+)`", prose):
         tokens = match[1].replace("[", " ").replace("]", " ").split()
-        if tokens[0] == "tfvae" or tokens[0].startswith("--"):
+        if tokens and (tokens[0] == "tfvae" or tokens[0].startswith("--")):
             line = prose.count("\n", 0, match.start()) + 1
             flags += [(line, token.split("=")[0]) for token in tokens if token.startswith("--")]
     return flags
