@@ -405,3 +405,19 @@ def test_the_backup_callback_names_an_unreadable_backup(tmp_path, digits):
     vae.compile()
     with pytest.raises(CorruptBackupError, match=r"The backup '.*latest.keras' cannot be read"):
         vae.fit(images[:64], epochs=1, verbose=0, callbacks=[AtomicBackupAndRestore(str(tmp_path))])
+
+
+def test_a_validation_split_of_one_image_gets_the_pictures_it_allows(tmp_path, capsys):
+    # 10 images at the default validation fraction leave one validation image: no
+    # interpolation (it needs two), but the run finishes and says which pictures it drew.
+    images = np.random.default_rng(0).random((10, 8, 8, 1)).astype("float32")
+    np.save(tmp_path / "ten.npy", images)
+    run_dir = tmp_path / "run"
+    status, out, err = _main(capsys, "train", "--dataset", tmp_path / "ten.npy", "--epochs", "1",
+                             "--run-dir", run_dir, *_SMALL)
+    assert status == 0, err
+    metrics = json.loads(out[out.index("{"):])
+    assert metrics["num_validation_examples"] == 1
+    assert "reconstructions.png" in metrics["pictures"]
+    assert "interpolations.png" not in metrics["pictures"]
+    assert (run_dir / "reconstructions.png").is_file() and not (run_dir / "interpolations.png").exists()

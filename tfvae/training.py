@@ -246,14 +246,19 @@ def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
     Args:
         vae: a trained `tfvae.VAE`.
         run_dir: the run directory.
-        images: validation images `[N, H, W, C]` (N >= 2).
+        images: validation images `[N, H, W, C]`: reconstructions need N >= 1,
+            interpolations N >= 2 (a tiny validation split gets only the pictures it allows).
         labels: their labels `[N]`, or None.
         seed: seeds the prior samples.
     """
-    written = ["samples.png", "reconstructions.png", "interpolations.png"]
+    written = ["samples.png"]
     pictures.save_samples(vae, run_dir / "samples.png", GRID_SIZE, seed=seed)
-    pictures.save_reconstructions(vae, images[: GRID_SIZE // 2], run_dir / "reconstructions.png")
-    pictures.save_interpolations(vae, images[:16], run_dir / "interpolations.png")
+    if len(images) >= 1:
+        pictures.save_reconstructions(vae, images[: GRID_SIZE // 2], run_dir / "reconstructions.png")
+        written.append("reconstructions.png")
+    if len(images) >= 2:
+        pictures.save_interpolations(vae, images[:16], run_dir / "interpolations.png")
+        written.append("interpolations.png")
     if vae.latent_dim == 2:
         pictures.save_manifold(vae, run_dir / "latent_manifold.png")
         written.append("latent_manifold.png")
