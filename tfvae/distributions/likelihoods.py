@@ -1,9 +1,9 @@
-"""Likelihoods p(x|z) and priors p(z): tensors in, TensorFlow Probability distributions out.
+"""Likelihoods p(x|z): decoder outputs in, TensorFlow Probability distributions out.
 
-Both are small Keras layers so that a learned parameter (the Gaussian's scale today, a learned
-prior tomorrow) is tracked, saved and distributed like any other weight. A VAE only calls
-`Likelihood.distribution`, `Likelihood.mean` and `Prior.distribution`; a new likelihood or prior is
-a subclass of one of the two base classes, registered for serialization in this module.
+Each likelihood is a small Keras layer so that a learned parameter (the Gaussian's scale) is
+tracked, saved and distributed like any other weight. A VAE only calls `Likelihood.distribution`
+and `Likelihood.mean`; a new likelihood is a subclass of `Likelihood`, registered for
+serialization here and named in `LIKELIHOODS`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-tfd = tfp.distributions
+from tfvae.distributions._common import DISTRIBUTION_DTYPE, resolve
 
-# Likelihood and KL are computed in float32 even under a mixed-precision policy: log-densities
-# summed over thousands of pixels lose too much in float16.
-_DISTRIBUTION_DTYPE = "float32"
+tfd = tfp.distributions
 
 
 def _event_ndims(parameters) -> int:
@@ -67,9 +65,9 @@ class BernoulliLikelihood(Likelihood):
     support_description = "values in [0, 1]"
 
     def distribution(self, parameters):
-        logits = tf.cast(parameters, _DISTRIBUTION_DTYPE)
+        logits = tf.cast(parameters, DISTRIBUTION_DTYPE)
         return tfd.Independent(
-            tfd.Bernoulli(logits=logits, dtype=_DISTRIBUTION_DTYPE),
+            tfd.Bernoulli(logits=logits, dtype=DISTRIBUTION_DTYPE),
             reinterpreted_batch_ndims=_event_ndims(logits),
         )
 
@@ -127,10 +125,10 @@ class GaussianLikelihood(Likelihood):
     @property
     def scale(self):
         """The learned per-channel standard deviation, shape `[C]`."""
-        return tf.nn.softplus(tf.cast(self.raw_scale, _DISTRIBUTION_DTYPE)) + self.min_scale
+        return tf.nn.softplus(tf.cast(self.raw_scale, DISTRIBUTION_DTYPE)) + self.min_scale
 
     def distribution(self, parameters):
-        loc = tf.cast(parameters, _DISTRIBUTION_DTYPE)
+        loc = tf.cast(parameters, DISTRIBUTION_DTYPE)
         scale = tf.broadcast_to(self.scale, tf.shape(loc))
         return tfd.Independent(
             tfd.Normal(loc=loc, scale=scale), reinterpreted_batch_ndims=_event_ndims(loc)
@@ -145,58 +143,7 @@ class GaussianLikelihood(Likelihood):
         return config
 
 
-class Prior(keras.layers.Layer):
-    """Base class of the prior p(z) over a latent vector of size `latent_dim`.
-
-    A learned prior (a mixture, a VampPrior, a flow) is a subclass that creates its weights in
-    `build((latent_dim,))` and returns them inside `distribution`.
-    """
-
-    def distribution(self, latent_dim: int) -> tfd.Distribution:
-        """Returns p(z) with batch shape `[]` and event shape `[latent_dim]`."""
-        raise NotImplementedError
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-@keras.saving.register_keras_serializable(package="tfvae")
-class StandardNormalPrior(Prior):
-    """p(z) = N(0, I), the prior of Kingma & Welling (2014)."""
-
-    def build(self, input_shape):
-        pass
-
-    def distribution(self, latent_dim):
-        return tfd.MultivariateNormalDiag(
-            loc=tf.zeros([latent_dim], _DISTRIBUTION_DTYPE),
-            scale_diag=tf.ones([latent_dim], _DISTRIBUTION_DTYPE),
-        )
-
-
 LIKELIHOODS = {"bernoulli": BernoulliLikelihood, "gaussian": GaussianLikelihood}
-PRIORS = {"standard_normal": StandardNormalPrior}
-
-
-def _resolve(identifier, registry: dict, base: type, what: str):
-    if isinstance(identifier, base):
-        return identifier
-    if isinstance(identifier, str):
-        key = identifier.lower().replace("-", "_")
-        if key not in registry:
-            raise ValueError(
-                f"Unknown {what} '{identifier}'. Expected one of {sorted(registry)} "
-                f"or a tfvae.distributions.{base.__name__} instance."
-            )
-        return registry[key]()
-    if isinstance(identifier, dict):
-        resolved = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(resolved, base):
-            return resolved
-    raise ValueError(
-        f"Expected the {what} as a name in {sorted(registry)} or a "
-        f"tfvae.distributions.{base.__name__}. Received: {identifier!r}"
-    )
 
 
 def get_likelihood(identifier) -> Likelihood:
@@ -205,16 +152,7 @@ def get_likelihood(identifier) -> Likelihood:
     Raises:
         ValueError: the name is unknown or the object is not a Likelihood.
     """
-    return _resolve(identifier, LIKELIHOODS, Likelihood, "likelihood")
-
-
-def get_prior(identifier) -> Prior:
-    """Returns a Prior from a name ('standard_normal'), an instance or a config.
-
-    Raises:
-        ValueError: the name is unknown or the object is not a Prior.
-    """
-    return _resolve(identifier, PRIORS, Prior, "prior")
+    return resolve(identifier, LIKELIHOODS, Likelihood, "likelihood")
 
 
 def likelihood_name(likelihood: Likelihood) -> str | None:

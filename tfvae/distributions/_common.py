@@ -1,0 +1,31 @@
+"""What the likelihoods and priors share: their float32 dtype and the name resolver of a registry."""
+
+from __future__ import annotations
+
+import keras
+
+# Likelihood and KL are computed in float32 even under a mixed-precision policy: log-densities
+# summed over thousands of pixels lose too much in float16.
+DISTRIBUTION_DTYPE = "float32"
+
+
+def resolve(identifier, registry: dict, base: type, what: str):
+    """Returns an instance of `base` from a registry name, an instance or a serialized config."""
+    if isinstance(identifier, base):
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.lower().replace("-", "_")
+        if key not in registry:
+            raise ValueError(
+                f"Unknown {what} '{identifier}'. Expected one of {sorted(registry)} "
+                f"or a tfvae.distributions.{base.__name__} instance."
+            )
+        return registry[key]()
+    if isinstance(identifier, dict):
+        resolved = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(resolved, base):
+            return resolved
+    raise ValueError(
+        f"Expected the {what} as a name in {sorted(registry)} or a "
+        f"tfvae.distributions.{base.__name__}. Received: {identifier!r}"
+    )
