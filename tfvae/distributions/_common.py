@@ -9,8 +9,16 @@ import keras
 DISTRIBUTION_DTYPE = "float32"
 
 
-def resolve(identifier, registry: dict, base: type, what: str):
-    """Returns an instance of `base` from a registry name, an instance or a serialized config."""
+def resolve(identifier, registry: dict, base: type, what: str, settings: dict | None = None):
+    """Returns an instance of `base` from a registry name, an instance or a serialized config.
+
+    `settings` are constructor arguments, only with a name.
+    """
+    if settings and not isinstance(identifier, str):
+        raise ValueError(
+            f"Expected {what} settings {sorted(settings)} only together with a {what} name. "
+            f"Received: {identifier!r}"
+        )
     if isinstance(identifier, base):
         return identifier
     if isinstance(identifier, str):
@@ -20,7 +28,13 @@ def resolve(identifier, registry: dict, base: type, what: str):
                 f"Unknown {what} '{identifier}'. Expected one of {sorted(registry)} "
                 f"or a tfvae.distributions.{base.__name__} instance."
             )
-        return registry[key]()
+        try:
+            return registry[key](**(settings or {}))
+        except TypeError:
+            raise ValueError(
+                f"The {what} '{key}' takes no setting(s) {sorted(settings or {})}. "
+                f"Received: {settings!r}"
+            ) from None
     if isinstance(identifier, dict):
         resolved = keras.saving.deserialize_keras_object(identifier)
         if isinstance(resolved, base):
