@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 
 # Likelihood and KL are computed in float32 even under a mixed-precision policy: log-densities
@@ -28,13 +30,18 @@ def resolve(identifier, registry: dict, base: type, what: str, settings: dict | 
                 f"Unknown {what} '{identifier}'. Expected one of {sorted(registry)} "
                 f"or a tfvae.distributions.{base.__name__} instance."
             )
-        try:
-            return registry[key](**(settings or {}))
-        except TypeError:
+        settings = settings or {}
+        accepted = {
+            name for name, parameter in inspect.signature(registry[key]).parameters.items()
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+        }
+        unknown = sorted(set(settings) - accepted)
+        if unknown:
             raise ValueError(
-                f"The {what} '{key}' takes no setting(s) {sorted(settings or {})}. "
+                f"The {what} '{key}' takes no setting(s) {unknown}; it takes {sorted(accepted)}. "
                 f"Received: {settings!r}"
-            ) from None
+            )
+        return registry[key](**settings)
     if isinstance(identifier, dict):
         resolved = keras.saving.deserialize_keras_object(identifier)
         if isinstance(resolved, base):

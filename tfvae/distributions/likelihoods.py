@@ -49,6 +49,17 @@ class Likelihood(keras.layers.Layer):
     #: None for a density over real values (its bits/dim need dequantized data).
     num_values: int | None = None
 
+    #: The range the data must lie in, or None for any real values (written to the export).
+    value_range: tuple[float, float] | None = None
+
+    #: What the P decoder outputs of a sub-pixel are, in order (written to the export).
+    parameters_layout = "mean"
+
+    def settings(self) -> dict:
+        """The constructor arguments that define this likelihood (its config without the layer's)."""
+        base = keras.layers.Layer().get_config()
+        return {key: value for key, value in self.get_config().items() if key not in base}
+
     def distribution(self, parameters) -> tfd.Distribution:
         """Returns p(x|z) for decoder outputs `parameters` of shape `[B, H, W, C * P]`."""
         raise NotImplementedError
@@ -117,6 +128,8 @@ class BernoulliLikelihood(Likelihood):
     support_description = "values in [0, 1]"
     # A probability mass only on binary data: on gray levels it is no probability of the data.
     num_values = 2
+    value_range = (0.0, 1.0)
+    parameters_layout = "logits"
 
     def distribution(self, parameters):
         logits = tf.cast(parameters, DISTRIBUTION_DTYPE)
@@ -213,6 +226,7 @@ class GaussianPredictedScaleLikelihood(Likelihood):
 
     support_description = "real values"
     parameters_per_subpixel = 2
+    parameters_layout = "loc, raw_scale (scale = softplus(raw_scale + offset) + min_scale)"
 
     def __init__(self, initial_scale: float = 1.0, min_scale: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
@@ -272,6 +286,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
     """
 
     support_description = "values in [0, 1]"
+    value_range = (0.0, 1.0)
+    parameters_layout = "logits"
 
     def build(self, input_shape):
         pass
@@ -347,6 +363,8 @@ class CategoricalLikelihood(Likelihood):
     support_description = "8-bit values k / 255 in [0, 1]"
     parameters_per_subpixel = 256
     num_values = 256
+    value_range = (0.0, 1.0)
+    parameters_layout = "256 logits, of the values k / 255, k = 0..255"
 
     def build(self, input_shape):
         pass
@@ -396,6 +414,8 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     support_description = "8-bit values k / 255 in [0, 1]"
     num_values = 256
+    value_range = (0.0, 1.0)
+    parameters_layout = "M mixture logits, M means, M log scales (M = components)"
 
     def __init__(self, components: int = 5, min_log_scale: float = -7.0, **kwargs):
         super().__init__(**kwargs)
