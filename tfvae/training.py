@@ -53,12 +53,15 @@ class TrainConfig:
 
     Attributes:
         dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
-            cache, shuffle_buffer: the data, as the arguments of `tfvae.data.load` (default:
-            the built-in digits, as stored).
+            cache, shuffle_buffer, dequantize: the data, as the arguments of `tfvae.data.load`
+            (default: the built-in digits, as stored).
         latent_dim: int. The size of z.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
-        likelihood: str. "bernoulli" or "gaussian".
+        likelihood: str. A name in `tfvae.distributions.LIKELIHOODS` ("bernoulli", "gaussian",
+            "discretized_logistic", ...).
+        likelihood_components: int or None. M, the mixture components of the
+            "discretized_logistic" likelihood (None: its default, 5).
         beta: float. Weight of the KL term.
         epochs: int. The total number of epochs of the run (a resumed run ends there too).
         batch_size: int. The global batch size.
@@ -84,6 +87,8 @@ class TrainConfig:
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = None
     likelihood: str = "bernoulli"
+    likelihood_components: int | None = None
+    dequantize: bool = False
     beta: float = 1.0
     epochs: int = 30
     batch_size: int = 64
@@ -103,6 +108,17 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+        if self.likelihood_components is not None and (
+            isinstance(self.likelihood_components, bool)
+            or not isinstance(self.likelihood_components, int)
+            or self.likelihood_components < 1
+        ):
+            raise ValueError(
+                "Expected likelihood_components to be an integer >= 1 or None. "
+                f"Received: likelihood_components={self.likelihood_components!r}"
+            )
+        if not isinstance(self.dequantize, bool):
+            raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")
         if isinstance(self.learning_rate, bool) or not (
             isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
         ):
