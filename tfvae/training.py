@@ -36,6 +36,7 @@ from tfvae.callbacks import (
 )
 from tfvae.data import load
 from tfvae.data.pipeline import DEFAULT_SHUFFLE_BUFFER
+from tfvae.distributions import get_likelihood
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 
@@ -230,6 +231,7 @@ def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
 #: The TrainConfig fields that are arguments of `tfvae.data.load`.
 DATA_FIELDS = (
     "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
+    "dequantize",
 )
 
 
@@ -244,6 +246,18 @@ def load_data(config: TrainConfig, **overrides):
     settings.update({key: value for key, value in overrides.items() if value is not None})
     source = settings.pop("dataset", config.dataset)
     return load(source, **settings)
+
+
+def config_likelihood(config: TrainConfig):
+    """The `tfvae.distributions.Likelihood` a config names, with its settings.
+
+    Raises:
+        ValueError: an unknown likelihood, or components for one that takes none.
+    """
+    settings = {}
+    if config.likelihood_components is not None:
+        settings["components"] = config.likelihood_components
+    return get_likelihood(config.likelihood, **settings)
 
 
 def _finite_or_none(value) -> float | None:
@@ -331,7 +345,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
                 config.latent_dim,
                 filters=config.filters,
                 hidden_units=config.hidden_units,
-                likelihood=config.likelihood,
+                likelihood=config_likelihood(config),
                 beta=config.beta,
                 seed=config.seed,
             )
