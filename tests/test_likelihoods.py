@@ -1,5 +1,6 @@
 """The likelihoods with several parameters per sub-pixel and the 8-bit ones, against float64 references."""
 
+import json
 import math
 
 import keras
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tfvae
+import tfvae.data
 from tfvae.distributions import (
     LIKELIHOODS,
     CategoricalLikelihood,
@@ -322,3 +324,95 @@ def test_save_load_continues_training_identically_and_exports(name, digits, tmp_
     assert metadata["likelihood_settings"] == vae.likelihood.settings()
     assert metadata["parameters_per_subpixel"] == vae.likelihood.parameters_per_subpixel
     assert metadata["value_range"] == (None if name == "gaussian_predicted_scale" else [0.0, 1.0])
+
+
+def _write_eight_bit_npz(path, digits):
+    """The 8x8 digits as uint8 images (0..255), with a test split: an 8-bit data set."""
+    (train_images, _), (test_images, _) = digits
+    as_uint8 = lambda images: np.round(images * 255).astype(np.uint8)  # noqa: E731
+    np.savez(path, x_train=as_uint8(train_images[:512]), x_test=as_uint8(test_images[:64]))
+    return path
+
+
+def _cli(capsys, *args):
+    from tfvae.cli import main  # noqa: PLC0415
+
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, data, correction",
+    [
+        (["--likelihood", "discretized_logistic", "--likelihood-components", "2"], "8bit", 0.0),
+        (["--likelihood", "gaussian_predicted_scale", "--dequantize"], "dequantized", 64 * math.log(256)),
+    ],
+)
+def test_cli_trains_and_evaluates_bits_per_dim(flags, data, correction, digits, tmp_path, capsys):
+    dataset = _write_eight_bit_npz(tmp_path / "eight_bit.npz", digits)
+    run_dir = tmp_path / "run"
+    status, _ = _cli(
+        capsys, "train", "--dataset", dataset, *flags, "--latent-dim", "2", "--filters", "4",
+        "--epochs", "1", "--run-dir", run_dir, "--quiet",
+    )
+    assert status == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["likelihood"] == flags[1]
+    vae = keras.models.load_model(run_dir / "model.keras")
+    assert vae.decoder.output.shape[-1] == vae.likelihood.parameters_per_subpixel
+    if "--likelihood-components" in flags:
+        assert config["likelihood_components"] == 2 and vae.likelihood.components == 2
+    status, out = _cli(capsys, "evaluate", run_dir, "--samples", "5", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["data"] == data
+    assert result["bits_per_dim"] == pytest.approx((result["iw_nll"] + correction) / (64 * math.log(2)))
+    # The same run scored on undequantized data: a density there has no bits/dim.
+    if data == "dequantized":
+        status, out = _cli(capsys, "evaluate", run_dir, "--samples", "2", "--no-dequantize", "--json")
+        assert "a density on 8bit data is not a probability" in json.loads(out)["bits_per_dim_unavailable"]
+
+
+def test_cli_rejects_components_for_a_likelihood_without_them(capsys):
+    from tfvae.cli import main  # noqa: PLC0415
+
+    status = main(["train", "--likelihood", "categorical", "--likelihood-components", "3", "--epochs", "1"])
+    assert status == 2
+    assert "The likelihood 'categorical' takes no setting(s) ['components']" in capsys.readouterr().err
+
+
+def test_tuner_searches_the_likelihood():
+    import keras_tuner  # noqa: PLC0415
+
+    from tfvae.tuning import VAEHyperModel  # noqa: PLC0415
+
+    hypermodel = VAEHyperModel(
+        (8, 8, 1), latent_dims=(2,), likelihood=("categorical", "discretized_logistic"),
+        likelihood_components=2, filters=((4,),),
+    )
+    hp = keras_tuner.HyperParameters()
+    first = hypermodel.build(hp)
+    assert hp.values["likelihood"] == "categorical" and type(first.likelihood) is CategoricalLikelihood
+    hp.values["likelihood"] = "discretized_logistic"
+    second = hypermodel.build(hp)
+    assert second.likelihood.components == 2 and second.decoder.output.shape[-1] == 6
+    with pytest.raises(ValueError, match=r"likelihood_components only with a likelihood that takes components"):
+        VAEHyperModel((8, 8, 1), latent_dims=(2,), likelihood="categorical", likelihood_components=2)
+
+
+def test_dequantized_data_spread_each_level_over_its_bin(digits, tmp_path):
+    dataset = _write_eight_bit_npz(tmp_path / "eight_bit.npz", digits)
+    splits = tfvae.data.load(str(dataset), batch_size=64, dequantize=True)
+    plain = tfvae.data.load(str(dataset), batch_size=64)
+    assert splits.dequantized and not plain.dequantized
+    levels = np.concatenate([batch.numpy() for batch in plain.validation]) * 255
+    values = np.concatenate([batch.numpy() for batch in splits.validation])
+    # (k + u) / 256: the level is recovered by flooring, u is uniform, validation is fixed.
+    np.testing.assert_array_equal(np.floor(values * 256), np.round(levels))
+    noise = values * 256 - np.round(levels)
+    assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.var() - 1 / 12) < 0.005
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in splits.validation]), values)
+    first, second = (np.concatenate([b.numpy() for b in splits.train]) for _ in range(2))
+    assert not np.array_equal(np.sort(first, axis=None), np.sort(second, axis=None))  # fresh each epoch
+    with pytest.raises(ValueError, match=r"Expected 8-bit images \(uint8, 0..255\) from 'digits'"):
+        tfvae.data.load("digits", dequantize=True)
