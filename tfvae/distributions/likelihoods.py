@@ -57,7 +57,7 @@ class Likelihood(keras.layers.Layer):
 
     def settings(self) -> dict:
         """The constructor arguments that define this likelihood (its config without the layer's)."""
-        base = keras.layers.Layer().get_config()
+        base = keras.layers.Layer.get_config(self)
         return {key: value for key, value in self.get_config().items() if key not in base}
 
     def distribution(self, parameters) -> tfd.Distribution:
