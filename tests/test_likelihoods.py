@@ -347,6 +347,7 @@ def _cli(capsys, *args):
         (["--likelihood", "discretized_logistic", "--likelihood-components", "2"], "8bit", 0.0),
         (["--likelihood", "gaussian_predicted_scale", "--dequantize"], "dequantized", 64 * math.log(256)),
     ],
+    ids=["discretized_logistic", "gaussian_predicted_scale-dequantized"],
 )
 def test_cli_trains_and_evaluates_bits_per_dim(flags, data, correction, digits, tmp_path, capsys):
     dataset = _write_eight_bit_npz(tmp_path / "eight_bit.npz", digits)
