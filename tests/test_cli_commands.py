@@ -89,8 +89,14 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     status, out, _ = _main(capsys, "evaluate", latent_2d_run, "--samples", "50", "--json")
     assert status == 0
     result = json.loads(out)
-    assert set(result) == {"run_dir", "checkpoint", "dataset", "source", "elbo", "iw_nll", "num_samples", "num_examples"}
+    assert set(result) == {
+        "run_dir", "checkpoint", "dataset", "source", "elbo", "iw_nll", "num_samples", "num_examples",
+        "data", "bits_per_dim_unavailable",
+    }
     assert result["source"] == "built-in 'digits'"
+    # A Bernoulli on the gray digits (levels k / 16): no probability of the data, no bits/dim.
+    assert result["data"] == "continuous"
+    assert result["bits_per_dim_unavailable"].startswith("No bits/dim: the BernoulliLikelihood scores continuous data")
     assert result["num_samples"] == 50 and result["num_examples"] == 180  # 10% of the 1,797 digits
     assert 0 < result["iw_nll"] <= -result["elbo"] + 0.5
 

@@ -132,10 +132,13 @@ def test_keras_fix_is_gated_on_the_keras_version():
 
 # --------------------------------------------------------------------------- equality
 @pytest.mark.slow
-@pytest.mark.parametrize(("replicas", "batch_size"), [(2, 8), (3, 7)])
-def test_one_step_under_mirrored_equals_one_device(replicas, batch_size):
+@pytest.mark.parametrize(
+    ("replicas", "batch_size", "likelihood"),
+    [(2, 8, "gaussian"), (3, 7, "gaussian"), (2, 6, "discretized_logistic")],
+)
+def test_one_step_under_mirrored_equals_one_device(replicas, batch_size, likelihood):
     result = run_script("mirrored_checks.py", "one-step", "--replicas", replicas,
-                        "--batch-size", batch_size)
+                        "--batch-size", batch_size, "--likelihood", likelihood)
     assert result["replicas"] == replicas
     assert sum(result["replica_batch_sizes"]) == batch_size
     if batch_size % replicas:

@@ -71,7 +71,7 @@ def test_names_resolve_and_unknown_names_are_clear_errors():
     assert isinstance(get_likelihood("bernoulli"), BernoulliLikelihood)
     assert isinstance(get_likelihood("Gaussian"), GaussianLikelihood)
     assert isinstance(get_prior("standard-normal"), StandardNormalPrior)
-    with pytest.raises(ValueError, match=r"Unknown likelihood 'poisson'. Expected one of \['bernoulli', 'gaussian'\]"):
+    with pytest.raises(ValueError, match=r"Unknown likelihood 'poisson'. Expected one of \['bernoulli', 'categorical', 'continuous_bernoulli', 'discretized_logistic', 'gaussian', 'gaussian_predicted_scale'\]"):
         get_likelihood("poisson")
     with pytest.raises(ValueError, match=r"Unknown prior 'vamp'. Expected one of \['standard_normal'\]"):
         get_prior("vamp")

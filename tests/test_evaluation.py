@@ -5,8 +5,10 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tfvae.evaluation import bits_per_dim
+from tfvae.distributions import get_likelihood
+from tfvae.evaluation import bits_per_dim, data_kind
 from tfvae.models import VAE, build_conv_vae
 from tfvae.objectives import POSTERIOR_MIN_SCALE
 
@@ -97,10 +99,40 @@ def test_matches_the_closed_form_log_likelihood_of_a_linear_gaussian_model():
     assert abs(estimate.mean() - exact.mean()) < 0.01
 
 
-def test_bits_per_dim():
-    assert bits_per_dim(100 * math.log(2), (10, 10, 1), discrete=True) == pytest.approx(1.0)
-    # A continuous density at -log p = 0 over 8-bit bins: log2(256) = 8 bits per dimension.
-    assert bits_per_dim(0.0, (4, 4, 3), discrete=False) == pytest.approx(8.0)
+def test_bits_per_dim_of_probability_masses_and_dequantized_densities():
+    categorical, bernoulli = get_likelihood("categorical"), get_likelihood("bernoulli")
+    assert bits_per_dim(100 * math.log(2), (10, 10, 1), categorical, "8bit") == pytest.approx(1.0)
+    assert bits_per_dim(100 * math.log(2), (10, 10, 1), bernoulli, "binary") == pytest.approx(1.0)
+    assert bits_per_dim(3 * math.log(2), (1, 1, 3), get_likelihood("discretized_logistic"), "binary") == pytest.approx(1.0)
+    # A density at -log p = 0 on dequantized 8-bit data: log2(256) = 8 bits per dimension.
+    for name in ("gaussian", "gaussian_predicted_scale", "continuous_bernoulli"):
+        assert bits_per_dim(0.0, (4, 4, 3), get_likelihood(name), "dequantized") == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("bernoulli", "8bit", r"BernoulliLikelihood scores 8bit data as pixel probabilities"),
+        ("bernoulli", "dequantized", r"BernoulliLikelihood scores dequantized data"),
+        ("gaussian", "8bit", r"GaussianLikelihood is a density, and a density on 8bit data is not a probability"),
+        ("continuous_bernoulli", "continuous", r"density on continuous data"),
+        ("categorical", "dequantized", r"256 levels k / 255, and the data are dequantized values"),
+        ("discretized_logistic", "continuous", r"the data are continuous values"),
+    ],
+)
+def test_bits_per_dim_refusals_give_one_line_reasons(name, data, reason):
+    with pytest.raises(ValueError, match=f"^No bits/dim: .*{reason}") as error:
+        bits_per_dim(10.0, (4, 4, 1), get_likelihood(name), data)
+    assert "\n" not in str(error.value)
+
+
+def test_data_kind():
+    levels = np.arange(256, dtype=np.float32).reshape(1, 16, 16, 1) / 255
+    assert data_kind(np.array([[0.0, 1.0]], np.float32)) == "binary"
+    assert data_kind(levels) == "8bit"
+    assert data_kind(tf.data.Dataset.from_tensor_slices(levels).batch(1)) == "8bit"
+    assert data_kind(levels + 1e-3) == "continuous"
+    assert data_kind(levels, dequantized=True) == "dequantized"
 
 
 @pytest.mark.parametrize("name, value", [("num_samples", 0), ("batch_size", -1), ("max_decodes", 1.5)])

@@ -23,7 +23,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tfvae.config import DATA_FIELDS, MIXED_PRECISION_POLICIES, STRATEGY_NAMES, TrainConfig
+from tfvae.config import (
+    DATA_FIELDS,
+    LIKELIHOOD_NAMES,
+    MIXED_PRECISION_POLICIES,
+    STRATEGY_NAMES,
+    TrainConfig,
+)
 from tfvae.data.arguments import add_data_arguments
 
 EXIT_USER_ERROR = 2
@@ -77,7 +83,8 @@ _TRAIN_SETTINGS = (
     ("--latent-dim", dict(type=_positive_int, help="size of z (default: %(default)s)")),
     ("--filters", dict(type=_int_list, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")),
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
-    ("--likelihood", dict(choices=["bernoulli", "gaussian"], help="p(x|z): bernoulli (data in [0, 1]) or gaussian (default: %(default)s)")),
+    ("--likelihood", dict(choices=sorted(LIKELIHOOD_NAMES), help="p(x|z): bernoulli (data in [0, 1]), gaussian, gaussian_predicted_scale, continuous_bernoulli; for 8-bit images categorical or discretized_logistic (see README, Likelihoods) (default: %(default)s)")),
+    ("--likelihood-components", dict(type=_positive_int, help="M, the logistics per sub-pixel of --likelihood discretized_logistic (default: 5)")),
     ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
     # The training objective (see README "Training objectives").
     ("--kl-schedule", dict(choices=["constant", "linear", "cyclical"], help="beta over training: constant, linear warm-up from 0 over --kl-warmup epochs, or cyclical annealing with cycles of --kl-cycle epochs (default: %(default)s)")),
@@ -221,7 +228,8 @@ def _add_evaluate_command(subparsers) -> None:
         "evaluate",
         help="test ELBO and importance-weighted negative log-likelihood of a trained run",
         description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
-        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim for RGB data. "
+        "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim where "
+        "they are defined (see README, Likelihoods), else the reason why not. "
         "It decodes examples x K images (10 million for MNIST's test set at the default K=1000, "
         "tens of minutes on a laptop CPU); before its progress bar it prints that number and an "
         "estimate of the time. --max-examples and --samples make it shorter.",
@@ -230,6 +238,7 @@ def _add_evaluate_command(subparsers) -> None:
     parser.add_argument("--dataset", help="data source (default: the run's dataset); its validation/test split is used")
     parser.add_argument("--data-dir", help="tensorflow-datasets data directory (default: the run's)")
     parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; dynamic runs are scored on one fixed binarization)")
+    parser.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None, help="score uniformly dequantized 8-bit data, as a continuous likelihood's bits/dim need (default: the run's)")
     parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000; the cost grows with K (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
     parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of the held-out split)")
@@ -249,6 +258,7 @@ def _run_evaluate(args) -> int:
         dataset=args.dataset,
         data_dir=args.data_dir,
         binarize=args.binarize,
+        dequantize=args.dequantize,
         num_samples=args.samples,
         batch_size=args.batch_size,
         max_examples=args.max_examples,
@@ -358,7 +368,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 #: The flags of `train` that `tune` keeps fixed for every trial.
-_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--beta", "--batch-size", "--learning-rate", "--seed")
+_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--beta", "--batch-size", "--learning-rate", "--seed")
 
 
 def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:

@@ -17,6 +17,7 @@ MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 #: The TrainConfig fields that are arguments of `tfvae.data.load`.
 DATA_FIELDS = (
     "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
+    "dequantize",
 )
 #: Examples in the training data's shuffle buffer (`tfvae.data.load`'s default).
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -65,7 +66,10 @@ def check_training_options(strategy: str, mixed_precision: str | None, jit_compi
 
 
 #: The likelihood names `tfvae train` accepts (the registry of `tfvae.distributions`).
-LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
+LIKELIHOOD_NAMES = (
+    "bernoulli", "categorical", "continuous_bernoulli", "discretized_logistic", "gaussian",
+    "gaussian_predicted_scale",
+)
 
 
 def _is_number(value) -> bool:
@@ -130,12 +134,15 @@ class TrainConfig:
 
     Attributes:
         dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
-            cache, shuffle_buffer: the data, as the arguments of `tfvae.data.load` (default:
-            the built-in digits, as stored).
+            cache, shuffle_buffer, dequantize: the data, as the arguments of `tfvae.data.load`
+            (default: the built-in digits, as stored).
         latent_dim: int. The size of z.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
-        likelihood: str. "bernoulli" or "gaussian".
+        likelihood: str. A name in `tfvae.distributions.LIKELIHOODS` ("bernoulli", "gaussian",
+            "discretized_logistic", ...).
+        likelihood_components: int or None. M, the mixture components of the
+            "discretized_logistic" likelihood (None: its default, 5).
         beta: float. Weight of the KL term (the target of a KL schedule).
         kl_schedule, kl_warmup, kl_cycle, free_bits, iw_samples, gradient_estimator: the training
             objective; see `check_objective_settings` and `tfvae.training.build_objective`.
@@ -163,6 +170,8 @@ class TrainConfig:
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = None
     likelihood: str = "bernoulli"
+    likelihood_components: int | None = None
+    dequantize: bool = False
     beta: float = 1.0
     # --- The training objective (issue 12); checked by check_objective_settings, built by
     # tfvae.training.build_objective. kl_warmup and kl_cycle are in epochs (fractions allowed).
@@ -195,6 +204,17 @@ class TrainConfig:
             raise ValueError(
                 f"Expected likelihood to be one of {list(LIKELIHOOD_NAMES)}. Received: likelihood={self.likelihood!r}"
             )
+        if self.likelihood_components is not None and (
+            isinstance(self.likelihood_components, bool)
+            or not isinstance(self.likelihood_components, int)
+            or self.likelihood_components < 1
+        ):
+            raise ValueError(
+                "Expected likelihood_components to be an integer >= 1 or None. "
+                f"Received: likelihood_components={self.likelihood_components!r}"
+            )
+        if not isinstance(self.dequantize, bool):
+            raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.
         if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
             raise ValueError(

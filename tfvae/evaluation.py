@@ -9,24 +9,63 @@ import time
 import tensorflow as tf
 
 from tfvae.data import translate_pipeline_errors
-from tfvae.distributions import BernoulliLikelihood
 from tfvae.training import load_data, load_run_config, load_run_model
 
+#: What `data_kind` reports: the values of the scored images.
+DATA_KINDS = ("binary", "8bit", "dequantized", "continuous")
 
-def bits_per_dim(nll_nats: float, image_shape, discrete: bool) -> float:
-    """Converts a per-image NLL in nats to bits per dimension.
 
-    For a continuous likelihood on data scaled from 8 bits to [0, 1], the density is turned into
-    the probability of the 1/256-wide bin: -log P = nll + D log 256 (D = H*W*C). A Bernoulli
-    likelihood already scores discrete pixels.
+def bits_per_dim(nll_nats: float, image_shape, likelihood, data: str) -> float:
+    """Converts a per-image NLL in nats to bits per dimension, where that number means something.
+
+    D = H * W * C. For a probability mass over the data's values (the categorical and
+    discretized logistic likelihoods on 8-bit data, the Bernoulli on binary data) the NLL is
+    already -log P(x): bits/dim = nll / (D ln 2). A density over real values (Gaussian,
+    continuous Bernoulli) scores 8-bit data only once it is uniformly dequantized, (255 x + u)
+    / 256: then -log P(x) <= nll + D ln 256 (in expectation over u), and bits/dim =
+    (nll + D ln 256) / (D ln 2). Anything else has no bits/dim, and is refused.
 
     Args:
         nll_nats: float. -log p(x) per image, in nats.
         image_shape: (H, W, C).
-        discrete: bool. Whether the likelihood is a probability mass (no bin correction).
+        likelihood: the model's `tfvae.distributions.Likelihood` (its `num_values` says whether
+            it is a probability mass, and over how many values).
+        data: one of `DATA_KINDS`, the values of the scored data (see `data_kind`).
+
+    Returns:
+        Bits per dimension.
+
+    Raises:
+        ValueError: with a one-line reason, when bits/dim are not defined for this pair.
     """
+    if data not in DATA_KINDS:
+        raise ValueError(f"Expected data to be one of {list(DATA_KINDS)}. Received: data={data!r}")
     dims = math.prod(image_shape)
-    correction = 0.0 if discrete else dims * math.log(256.0)
+    name = type(likelihood).__name__
+    values = likelihood.num_values
+    if values == 2:
+        if data != "binary":
+            raise ValueError(
+                f"No bits/dim: the {name} scores {data} data as pixel probabilities, which is no "
+                "probability of the data; binarize it (--binarize) or use an 8-bit likelihood."
+            )
+        correction = 0.0
+    elif values == 256:
+        if data not in ("binary", "8bit"):
+            raise ValueError(
+                f"No bits/dim: the {name} is a probability over the 256 levels k / 255, and the "
+                f"data are {data} values; score 8-bit data without --dequantize."
+            )
+        correction = 0.0
+    elif values is None:
+        if data != "dequantized":
+            raise ValueError(
+                f"No bits/dim: the {name} is a density, and a density on {data} data is not a "
+                "probability; train and score on dequantized 8-bit data (--dequantize)."
+            )
+        correction = dims * math.log(256.0)
+    else:
+        raise ValueError(f"No bits/dim: the {name} is a probability over {values} values per sub-pixel.")
     return (nll_nats + correction) / (dims * math.log(2.0))
 
 
@@ -74,6 +113,29 @@ def estimate_cost(vae, held_out: tf.data.Dataset, num_examples: int | None, num_
     decodes = num_examples * num_samples
     return (f"Scoring {num_examples:,} examples x K={num_samples:,} importance samples = {decodes:,} "
             f"decodes: about {_duration(seconds_per_decode * decodes)} on this machine.")
+def data_kind(images, dequantized: bool = False) -> str:
+    """Which values the data hold: one of `DATA_KINDS`.
+
+    Args:
+        images: an array, tensor or `tf.data.Dataset` of image batches (read in full).
+        dequantized: the data were uniformly dequantized (`DataSplits.dequantized`).
+
+    Returns:
+        "dequantized" when `dequantized`; else "binary" (only 0 and 1), "8bit" (only levels
+        k / 255, within 1e-4 of a level) or "continuous".
+    """
+    if dequantized:
+        return "dequantized"
+    batches = images if isinstance(images, tf.data.Dataset) else [images]
+    binary = eight_bit = True
+    for batch in batches:
+        values = tf.cast(batch[0] if isinstance(batch, (list, tuple)) else batch, tf.float32)
+        binary = binary and bool(tf.reduce_all((values == 0.0) | (values == 1.0)))
+        scaled = values * 255.0
+        eight_bit = eight_bit and bool(tf.reduce_all(tf.abs(scaled - tf.round(scaled)) < 255e-4))
+        if not (binary or eight_bit):
+            return "continuous"
+    return "binary" if binary else "8bit"
 
 
 def evaluate_run(
@@ -82,6 +144,7 @@ def evaluate_run(
     dataset: str | None = None,
     data_dir: str | None = None,
     binarize: str | None = None,
+    dequantize: bool | None = None,
     num_samples: int = 1000,
     batch_size: int = 100,
     max_examples: int | None = None,
@@ -93,8 +156,8 @@ def evaluate_run(
     Args:
         run_dir: a run directory written by `tfvae train`.
         checkpoint: "last" or "best".
-        dataset, data_dir, binarize: the data (default: the run's own settings, which also
-            give the image size and channels); the validation/test split is scored.
+        dataset, data_dir, binarize, dequantize: the data (default: the run's own settings,
+            which also give the image size and channels); the validation/test split is scored.
         num_samples: K importance samples per example.
         batch_size: examples per batch.
         max_examples: score only the first N examples.
@@ -104,8 +167,10 @@ def evaluate_run(
 
     Returns:
         `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "source", "run_dir",
-        "checkpoint"}` (`source` says where the data came from, e.g. "local folder 'mnist'")
-        (per-image nats; `elbo` is a single-sample estimate), plus `bits_per_dim` for RGB data.
+        "checkpoint", "data"}` (`source` says where the data came from, e.g. "local folder
+        'mnist'"; per-image nats; `elbo` is a single-sample estimate; `data` is the `data_kind`),
+        plus `bits_per_dim` where `bits_per_dim` defines it, else `bits_per_dim_unavailable`,
+        its one-line reason.
 
     Raises:
         FileNotFoundError: not a run directory.
@@ -113,7 +178,10 @@ def evaluate_run(
     """
     config = load_run_config(run_dir)
     vae = load_run_model(run_dir, checkpoint)
-    data = load_data(config, dataset=dataset, data_dir=data_dir, binarize=binarize, batch_size=batch_size)
+    data = load_data(
+        config, dataset=dataset, data_dir=data_dir, binarize=binarize, dequantize=dequantize,
+        batch_size=batch_size,
+    )
     held_out = data.validation
     count = data.num_validation
     if max_examples:
@@ -136,10 +204,12 @@ def evaluate_run(
         "iw_nll": float(nll.mean()),
         "num_samples": int(num_samples),
         "num_examples": int(len(nll)),
+        "data": data_kind(held_out, data.dequantized),
     }
-    if vae.image_shape[-1] == 3:
-        discrete = isinstance(vae.likelihood, BernoulliLikelihood)
-        result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, discrete)
+    try:
+        result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, vae.likelihood, result["data"])
+    except ValueError as reason:
+        result["bits_per_dim_unavailable"] = str(reason)
     return result
 
 
@@ -156,5 +226,7 @@ def format_table(result: dict) -> str:
     ]
     if "bits_per_dim" in result:
         rows.append(("bits/dim", f"{result['bits_per_dim']:.4f}"))
+    elif "bits_per_dim_unavailable" in result:
+        rows.append(("bits/dim", result["bits_per_dim_unavailable"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

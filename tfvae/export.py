@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: without flock, leftovers are never removed
     fcntl = None
 
-from tfvae.distributions import PRIORS, BernoulliLikelihood, likelihood_name
+from tfvae.distributions import PRIORS, likelihood_name
 from tfvae.models.vae import VAE
 from tfvae.objectives import elbo_terms, reparameterized_sample
 from tfvae.version import __version__
@@ -136,7 +136,8 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
     Returns:
         A JSON-serializable dict.
     """
-    is_bernoulli = isinstance(vae.likelihood, BernoulliLikelihood)
+    likelihood = vae.likelihood
+    value_range = likelihood.value_range
     metadata = {
         "format": "tfvae.saved_model",
         "format_version": EXPORT_FORMAT_VERSION,
@@ -147,12 +148,15 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "image_shape": [int(d) for d in vae.image_shape],
         "image_dtype": "float32",
         # The Bernoulli likelihood scores gray levels in [0, 1] as pixel probabilities, so
-        # images need scaling to [0, 1] but no binarization. The Gaussian accepts any real
-        # values: the range is the training data's, which the model does not record.
-        "value_range": [0.0, 1.0] if is_bernoulli else None,
+        # images need scaling to [0, 1] but no binarization; the 8-bit likelihoods take k / 255.
+        # The Gaussians accept any real values: the range is the training data's, which the
+        # model does not record.
+        "value_range": list(value_range) if value_range is not None else None,
         "expects_binarized_images": False,
-        "likelihood": likelihood_name(vae.likelihood) or type(vae.likelihood).__name__,
-        "likelihood_parameters": "logits" if is_bernoulli else "mean",
+        "likelihood": likelihood_name(likelihood) or type(likelihood).__name__,
+        "likelihood_settings": likelihood.settings(),
+        "likelihood_parameters": likelihood.parameters_layout,
+        "parameters_per_subpixel": int(likelihood.parameters_per_subpixel),
         "prior": next(
             (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
             type(vae.prior).__name__,
@@ -344,12 +348,17 @@ def export_saved_model(
 
     - `encode(images [B, H, W, C])` -> `{"loc": [B, D], "scale": [B, D]}`, the posterior q(z|x);
     - `embed(images)` -> `{"embedding": [B, D]}`, the posterior mean;
-    - `decode(z [B, D])` -> `{"images": [B, H, W, C], "parameters": [B, H, W, C]}`, the
-      likelihood's mean image and its raw parameters (logits for Bernoulli, the mean for
-      Gaussian);
+    - `decode(z [B, D])` -> `{"images": [B, H, W, C], "parameters": [B, H, W, C * P]}`, the
+      likelihood's mean image and its raw parameters, P per sub-pixel (the metadata's
+      `parameters_per_subpixel`, laid out as its `likelihood_parameters` says: channel c's P
+      parameters are `parameters[..., c * P:(c + 1) * P]`): logits for Bernoulli (P = 1), the
+      mean for Gaussian (P = 1), 256 logits for the categorical, 3M for the discretized
+      logistic mixture. `images` is always an image, whatever P;
     - `sample(num_samples int32 [], seed int64 [])` -> `{"images": [n, H, W, C]}`, the mean images
-      of z drawn from the prior with stateless random ops: the same seed gives the same images;
-    - `reconstruct(images)` -> `{"images": [B, H, W, C]}`, the mean reconstruction (`vae(images)`);
+      (the likelihood's `mean`, an image for every likelihood) of z drawn from the prior with
+      stateless random ops: the same seed gives the same images;
+    - `reconstruct(images)` -> `{"images": [B, H, W, C]}`, the mean reconstruction (`vae(images)`),
+      an image for every likelihood;
     - `elbo(images, seed int64 [])` -> `{"elbo", "reconstruction", "kl"}`, each `[B]`: the
       single-sample ELBO with posterior noise `tf.random.stateless_normal([B, D],
       seed=stateless_seed(seed))` instead of the model's stateful SeedGenerator, so a given seed

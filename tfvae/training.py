@@ -43,6 +43,7 @@ from tfvae.callbacks import (
 from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F401 (defined there, TF-free)
 from tfvae.data import load, translate_pipeline_errors
 from tfvae.data.pipeline import source_short_name
+from tfvae.distributions import get_likelihood
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 from tfvae.objectives import ELBO, IWAE, CyclicalAnnealing, LinearWarmup
@@ -233,6 +234,16 @@ def _steps_per_epoch(data, batch_size: int) -> int:
     if data.num_train is not None:
         return max(1, math.ceil(data.num_train / batch_size))
     return max(1, int(data.train.cardinality().numpy()))
+def config_likelihood(config: TrainConfig):
+    """The `tfvae.distributions.Likelihood` a config names, with its settings.
+
+    Raises:
+        ValueError: an unknown likelihood, or components for one that takes none.
+    """
+    settings = {}
+    if config.likelihood_components is not None:
+        settings["components"] = config.likelihood_components
+    return get_likelihood(config.likelihood, **settings)
 
 
 def _finite_or_none(value) -> float | None:
@@ -318,7 +329,7 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
         config.latent_dim,
         filters=config.filters,
         hidden_units=config.hidden_units,
-        likelihood=config.likelihood,
+        likelihood=config_likelihood(config),
         objective=build_objective(config, steps_per_epoch),
         seed=config.seed,
     )

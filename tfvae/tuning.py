@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tfvae import pictures
 from tfvae.data.pipeline import source_short_name
+from tfvae.distributions import get_likelihood, likelihood_name
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_vae
@@ -88,7 +89,11 @@ class VAEHyperModel(keras_tuner.HyperModel):
     Args:
         image_shape: `(H, W, C)`, the shape of one image (e.g. `DataSplits.image_shape`).
         latent_dims: ints >= 1. Candidate latent sizes.
-        likelihood: "bernoulli" or "gaussian"; see `tfvae.VAE`.
+        likelihood: a name in `tfvae.distributions.LIKELIHOODS`, or a sequence of candidate
+            names. Search several only where their losses are in the same units: the 8-bit
+            likelihoods (categorical, discretized_logistic) on 8-bit data, or the continuous
+            ones on the same (dequantized) data.
+        likelihood_components: int or None. M of the "discretized_logistic" candidate (None: 5).
         learning_rates: floats > 0. Candidate learning rates of Adam.
         betas: floats >= 0. Candidate weights of the KL term.
         free_bits: floats >= 0. Candidate free bits (nats per latent dimension; 0 is off).
@@ -117,7 +122,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         self,
         image_shape: Sequence[int],
         latent_dims: Sequence[int] = (2, 8, 16, 32),
-        likelihood: str = "bernoulli",
+        likelihood: str | Sequence[str] = "bernoulli",
+        likelihood_components: int | None = None,
         learning_rates: Sequence[float] = (1e-3,),
         betas: Sequence[float] = (1.0,),
         free_bits: Sequence[float] = (0.0,),
@@ -150,14 +156,32 @@ class VAEHyperModel(keras_tuner.HyperModel):
             )
         self.filters = {_filters_key(f): tuple(f) for f in filters}
         self.batch_sizes = None if batch_sizes is None else _choices("batch_sizes", batch_sizes, int, 1)
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"Expected likelihood 'bernoulli' or 'gaussian'. Received: likelihood={likelihood!r}")
-        self.likelihood = likelihood
+        names = (likelihood,) if isinstance(likelihood, str) else tuple(likelihood)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"Expected likelihood to be a name or a sequence of names. Received: likelihood={likelihood!r}")
+        self.likelihoods = tuple(likelihood_name(get_likelihood(name)) for name in names)  # raises on unknown names
+        self.likelihood_components = likelihood_components
         self.hidden_units = hidden_units
         self.seed = seed
         # Fails now, not in the first trial, when the shapes do not fit (e.g. too many filters).
         for channels in self.filters.values():
             build_conv_vae(self.image_shape, self.latent_dims[0], filters=channels, hidden_units=hidden_units)
+        if likelihood_components is not None and not any(
+            "components" in get_likelihood(name).settings() for name in self.likelihoods
+        ):
+            raise ValueError(
+                "Expected likelihood_components only with a likelihood that takes components "
+                f"(discretized_logistic). Received: likelihood={likelihood!r}"
+            )
+        for name in self.likelihoods:
+            self._likelihood(name)
+
+    def _likelihood(self, name: str):
+        """The likelihood `name`, with `likelihood_components` when it takes them."""
+        settings = {}
+        if self.likelihood_components is not None and "components" in get_likelihood(name).settings():
+            settings["components"] = self.likelihood_components
+        return get_likelihood(name, **settings)
 
     @property
     def default_objective(self) -> keras_tuner.Objective:
@@ -198,12 +222,13 @@ class VAEHyperModel(keras_tuner.HyperModel):
         latent_dim = hp.Choice("latent_dim", list(self.latent_dims))
         filters = self.filters[self._pick(hp, "filters", list(self.filters))]
         learning_rate = self._pick(hp, "learning_rate", self.learning_rates)
+        likelihood = self._likelihood(self._pick(hp, "likelihood", self.likelihoods))
         vae = build_conv_vae(
             self.image_shape,
             latent_dim,
             filters=filters,
             hidden_units=self.hidden_units,
-            likelihood=self.likelihood,
+            likelihood=likelihood,
             objective=self._training_objective(hp),
             seed=self.seed,
         )
@@ -337,6 +362,7 @@ class TuningConfig:
             image_shape,
             latent_dims=self.latent_dims,
             likelihood=train.likelihood,
+            likelihood_components=train.likelihood_components,
             learning_rates=self.learning_rates or (train.learning_rate,),
             betas=self.betas or (train.beta,),
             free_bits=self.free_bits or (train.free_bits,),

@@ -39,7 +39,8 @@ def _fraction(text: str) -> float:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds `--dataset`, `--data-dir`, `--binarize`, `--threshold`, `--image-size`,
-    `--channels`, `--validation-fraction`, `--cache` and `--shuffle-buffer` to `parser`."""
+    `--channels`, `--validation-fraction`, `--cache`, `--shuffle-buffer` and `--dequantize` to
+    `parser`."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset", default="digits",
@@ -85,6 +86,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER,
         help="examples in the shuffle buffer (default: %(default)s)",
     )
+    group.add_argument(
+        "--dequantize", action="store_true",
+        help="uniform dequantization of 8-bit images, (255 x + u) / 256, for a continuous "
+        "likelihood (gaussian, gaussian_predicted_scale, continuous_bernoulli): its bits/dim "
+        "need it",
+    )
 
 
 def load_from_arguments(args: argparse.Namespace, batch_size: int, seed: int) -> DataSplits:
@@ -107,4 +114,5 @@ def load_from_arguments(args: argparse.Namespace, batch_size: int, seed: int) ->
         cache=args.cache,
         shuffle_buffer=args.shuffle_buffer,
         seed=seed,
+        dequantize=args.dequantize,
     )

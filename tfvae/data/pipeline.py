@@ -48,6 +48,8 @@ class DataSplits:
         source: the source's name or path (without a `tfds:` prefix).
         source_kind: where the images come from: "built-in", "local file", "local folder" or
             "tensorflow-datasets".
+        dequantized: whether `train` and `validation` hold uniformly dequantized 8-bit values
+            (`load(..., dequantize=True)`).
     """
 
     train: tf.data.Dataset
@@ -60,6 +62,7 @@ class DataSplits:
     source: str
     source_kind: str
     _validation_examples: tf.data.Dataset = dataclasses.field(repr=False)
+    dequantized: bool = False
 
     @property
     def source_description(self) -> str:
@@ -299,6 +302,17 @@ def _cache(dataset, cache: str, num_examples, image_shape, dtype, max_cache_byte
     return dataset.cache(_cache_file(cache, split))
 
 
+def _dequantized(batches: tf.data.Dataset, seed: int, stream: int, rerandomize: bool):
+    """Uniformly dequantized image batches, one stateless seed per batch."""
+    batch_seeds = tf.data.Dataset.random(seed=seed * 4 + stream, rerandomize_each_iteration=rerandomize)
+    return tf.data.Dataset.zip((batches, batch_seeds)).map(
+        lambda images, batch_seed: preprocessing.uniform_dequantize(
+            images, tf.stack([batch_seed, tf.constant(stream, tf.int64)])
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
 def load(
     source: str = "digits",
     *,
@@ -313,6 +327,7 @@ def load(
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     seed: int = 0,
+    dequantize: bool = False,
 ) -> DataSplits:
     """Loads images from a tfds name, a local file or folder, or the built-in digits.
 
@@ -346,6 +361,10 @@ def load(
         max_cache_bytes: int. The limit of cache="auto".
         shuffle_buffer: int. Examples in the training shuffle buffer.
         seed: int. Seeds the hold-out split, the shuffle and the binarization samples.
+        dequantize: bool. Uniform dequantization of 8-bit images for a continuous density
+            (Gaussian, continuous Bernoulli): values (255 x + u) / 256, u ~ U(0, 1) per
+            sub-pixel, fresh each epoch for training and one fixed draw for validation; then
+            bits/dim = (NLL + D ln 256) / (D ln 2). Only for 8-bit sources, without binarize.
 
     Returns:
         A `DataSplits`.
@@ -370,6 +389,13 @@ def load(
     """
     if image_size is not None:
         image_size = tuple(image_size)
+    if not isinstance(dequantize, bool):
+        raise ValueError(f"Expected dequantize to be True or False. Received: dequantize={dequantize!r}")
+    if dequantize and binarize != "none":
+        raise ValueError(
+            "Expected dequantize=True only with binarize='none' (it spreads 8-bit levels, binary "
+            f"data has none). Received: binarize={binarize!r}"
+        )
     _check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
                    cache, max_cache_bytes, shuffle_buffer)
     opened = open_source(
@@ -389,6 +415,11 @@ def load(
     image_shape = _image_shape(train, opened)
     _image_shape(validation, opened)
     stored_dtype = train.element_spec[0].dtype
+    if dequantize and (stored_dtype != tf.uint8 or train_pixel_max != 255.0):
+        raise ValueError(
+            f"Expected 8-bit images (uint8, 0..255) from '{opened.name}' with dequantize=True. "
+            f"Received: {stored_dtype.name} images with white = {train_pixel_max:g}."
+        )
 
     train = _cache(train, cache, opened.num_train, image_shape, stored_dtype,
                    max_cache_bytes, "train")
@@ -410,6 +441,10 @@ def load(
             lambda images, labels: preprocessing.to_unit_float(images, train_pixel_max),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if dequantize:
+        # Fresh noise each epoch for training (as dynamic binarization), one fixed draw for
+        # validation: its batches come in a fixed order, so a non-rerandomized stream fixes it.
+        train = _dequantized(train, seed, _TRAIN_STREAM, rerandomize=True)
 
     # Pictures read a few examples: from before the cache, which a partial read would not fill.
     validation_examples = validation.map(
@@ -421,6 +456,8 @@ def load(
         lambda images, labels: preprocessing.to_unit_float(images, validation_pixel_max),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    if dequantize:
+        validation = _dequantized(validation, seed, _VALIDATION_STREAM, rerandomize=False)
     return DataSplits(
         train=train.prefetch(tf.data.AUTOTUNE),
         validation=validation.prefetch(tf.data.AUTOTUNE),
@@ -432,4 +469,5 @@ def load(
         source=opened.name,
         source_kind=opened.kind,
         _validation_examples=validation_examples,
+        dequantized=dequantize,
     )

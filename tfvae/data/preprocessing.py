@@ -90,3 +90,20 @@ def bernoulli_binarize(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """
     uniform = tf.random.stateless_uniform(tf.shape(images), seed=seed, dtype=tf.float32)
     return tf.cast(uniform < images, tf.float32)
+
+
+def uniform_dequantize(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """(255 x + u) / 256 with u ~ U(0, 1) per sub-pixel: 8-bit levels k / 255 spread over [k/256, (k+1)/256).
+
+    A continuous density fitted to these values bounds the 8-bit data's log-likelihood
+    (Theis et al., 2016): -log P(k) <= -log p(x) + D log 256 in expectation over u.
+
+    Args:
+        images: float32 in [0, 1] holding 8-bit levels k / 255, any shape.
+        seed: int `[2]`, the stateless seed: the same seed gives the same noise.
+
+    Returns:
+        float32 in [0, 1), the shape of `images`.
+    """
+    uniform = tf.random.stateless_uniform(tf.shape(images), seed=seed, dtype=tf.float32)
+    return (tf.round(images * 255.0) + uniform) / 256.0

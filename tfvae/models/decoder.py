@@ -1,4 +1,4 @@
-"""The convolutional decoder: z in, the likelihood's parameters in the data's shape out."""
+"""The convolutional decoder: z in, the likelihood's parameters (P per sub-pixel) out."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ def build_conv_decoder(
     kernel_size: int = 3,
     hidden_units: int | None = None,
     activation: str = "relu",
+    parameters_per_subpixel: int = 1,
     name: str = "decoder",
 ) -> keras.Model:
     """Builds a functional decoder: Dense -> Reshape -> Conv2DTranspose stack -> parameters.
 
     The Dense layer produces a `H / 2**n x W / 2**n x filters[0]` map (n = len(filters)); each
-    Conv2DTranspose doubles it, and a last stride-1 Conv2DTranspose gives one linear output per
-    pixel and channel: logits for the Bernoulli likelihood, the mean for the Gaussian one.
+    Conv2DTranspose doubles it, and a last stride-1 Conv2DTranspose gives P linear outputs per
+    pixel and channel (`C * P` channels, P = the likelihood's `parameters_per_subpixel`): logits
+    for the Bernoulli likelihood (P = 1), the mean for the Gaussian one (P = 1), 256 logits for
+    the categorical one.
 
     Args:
         latent_dim: int. The size D of z.
@@ -31,10 +34,11 @@ def build_conv_decoder(
         kernel_size: int. Kernel size of every transposed convolution.
         hidden_units: int or None. Width of an optional Dense layer before the projection.
         activation: str. Activation of the hidden layers.
+        parameters_per_subpixel: int >= 1. P, the likelihood parameters of each sub-pixel.
         name: str. The model's name.
 
     Returns:
-        A `keras.Model` mapping z `[B, D]` to likelihood parameters `[B, H, W, C]`.
+        A `keras.Model` mapping z `[B, D]` to likelihood parameters `[B, H, W, C * P]`.
 
     Raises:
         ValueError: a shape or size that the stack cannot produce.
@@ -44,7 +48,18 @@ def build_conv_decoder(
     >>> decoder = build_conv_decoder(16, (28, 28, 1))
     >>> tuple(decoder.output.shape)
     (None, 28, 28, 1)
+    >>> tuple(build_conv_decoder(16, (28, 28, 1), parameters_per_subpixel=256).output.shape)
+    (None, 28, 28, 256)
     """
+    if (
+        isinstance(parameters_per_subpixel, bool)
+        or not isinstance(parameters_per_subpixel, int)
+        or parameters_per_subpixel < 1
+    ):
+        raise ValueError(
+            "Expected parameters_per_subpixel to be an integer >= 1. "
+            f"Received: parameters_per_subpixel={parameters_per_subpixel!r}"
+        )
     filters = check_filters(filters)
     latent_dim = check_latent_dim(latent_dim)
     height, width, channels = check_image_shape(output_shape, len(filters), "output_shape")
@@ -69,6 +84,6 @@ def build_conv_decoder(
             name=f"deconv_{index}",
         )(features)
     parameters = keras.layers.Conv2DTranspose(
-        channels, kernel_size, strides=1, padding="same", name="parameters"
+        channels * parameters_per_subpixel, kernel_size, strides=1, padding="same", name="parameters"
     )(features)
     return keras.Model(z, parameters, name=name)

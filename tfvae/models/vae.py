@@ -57,9 +57,13 @@ class VAE(keras.Model):
         encoder: keras.Model (or Layer). Maps images `[B, H, W, C]` to `[loc, raw_scale]` (two
             `[B, D]` tensors) or to one `[B, 2D]` tensor holding both. Its input shape must be
             known (a functional model, or one built on `(None, H, W, C)`).
-        decoder: keras.Model (or Layer). Maps z `[B, D]` to likelihood parameters `[B, H, W, C]`.
-        likelihood: str or `tfvae.distributions.Likelihood`. `"bernoulli"` (logits; data in
-            [0, 1]) or `"gaussian"` (mean from the decoder, learned per-channel scale).
+        decoder: keras.Model (or Layer). Maps z `[B, D]` to likelihood parameters
+            `[B, H, W, C * P]`, P = `likelihood.parameters_per_subpixel` (1 for Bernoulli and
+            Gaussian).
+        likelihood: str or `tfvae.distributions.Likelihood`. A name in
+            `tfvae.distributions.LIKELIHOODS`: `"bernoulli"` (logits; data in [0, 1]),
+            `"gaussian"` (mean from the decoder, learned per-channel scale), and the others
+            listed in the README's "Likelihoods" section.
         prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
         beta: float >= 0 or None. Weight of the KL term in training, short for
             `objective=tfvae.objectives.ELBO(beta=beta)`. It is kept in a non-trainable
@@ -201,11 +205,14 @@ class VAE(keras.Model):
                 f"Received: {decoder_spec}"
             )
         decoder_output = _shape_tuple(decoder_spec.shape)
-        if decoder_output[1:] != image_shape:
+        per_subpixel = self.likelihood.parameters_per_subpixel
+        expected = (*image_shape[:-1], image_shape[-1] * per_subpixel)
+        if decoder_output[1:] != expected:
             raise ValueError(
                 f"Expected the decoder to map z of shape (None, {latent_dim}) to parameters of "
-                f"the encoder's input shape (None, {', '.join(map(str, image_shape))}). "
-                f"Received: decoder output shape {decoder_output}"
+                f"shape (None, {', '.join(map(str, expected))}): the encoder's input shape with "
+                f"{per_subpixel} parameter(s) per channel for the "
+                f"{type(self.likelihood).__name__}. Received: decoder output shape {decoder_output}"
             )
         return image_shape, latent_dim
 
@@ -436,7 +443,9 @@ class VAE(keras.Model):
                 (or of `(images, ...)` tuples).
             num_samples: int >= 1. K, the number of importance samples per example.
             batch_size: int >= 1. Examples per batch when `data` is an array.
-            max_decodes: int >= 1. Upper bound on K-chunk x batch decoded at once.
+            max_decodes: int >= 1. Upper bound on K-chunk x batch x P decoded at once, P the
+                likelihood's parameters per sub-pixel (a 256-way categorical counts 256 per
+                image), so memory stays bounded whatever the likelihood.
             seed: int. Seed of the stateless noise: the same seed gives the same estimate.
             verbose: bool. Show a Keras progress bar over the batches.
 
@@ -458,7 +467,8 @@ class VAE(keras.Model):
         for step, batch in enumerate(data):
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             images = tf.cast(images, tf.float32)
-            chunk = max(1, min(int(num_samples), max_decodes // max(1, int(images.shape[0]))))
+            per_image = max(1, int(images.shape[0])) * self.likelihood.parameters_per_subpixel
+            chunk = max(1, min(int(num_samples), max_decodes // per_image))
             # log sum_k w_k of each chunk; their logsumexp is the exact total.
             chunk_sums = []
             for start in range(0, num_samples, chunk):
@@ -646,7 +656,8 @@ def build_conv_vae(
         latent_dim: int >= 1. The size of z.
         filters: the encoder's Conv2D channels; the decoder uses them reversed.
         kernel_size, hidden_units: see `build_conv_encoder`.
-        likelihood, prior, beta, seed, objective: see `VAE`.
+        likelihood, prior, beta, seed, objective: see `VAE`. The decoder's last layer gets the
+            likelihood's `parameters_per_subpixel` outputs per channel.
         name: the model's name.
 
     Returns:
@@ -656,8 +667,12 @@ def build_conv_vae(
         ValueError: see `build_conv_encoder`, `build_conv_decoder` and `VAE`.
     """
     filters = tuple(filters)
+    likelihood = get_likelihood(likelihood)
     encoder = build_conv_encoder(image_shape, latent_dim, filters, kernel_size, hidden_units)
-    decoder = build_conv_decoder(latent_dim, image_shape, filters[::-1], kernel_size, hidden_units)
+    decoder = build_conv_decoder(
+        latent_dim, image_shape, filters[::-1], kernel_size, hidden_units,
+        parameters_per_subpixel=likelihood.parameters_per_subpixel,
+    )
     return VAE(
         encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name,
         objective=objective,
