@@ -43,7 +43,7 @@ def test_run_directory_holds_everything(latent_2d_run):
     names = {p.relative_to(latent_2d_run).as_posix() for p in latent_2d_run.rglob("*") if p.is_file()}
     for expected in ["config.json", "model.keras", "checkpoints/best.keras", "metrics.csv", "metrics.json",
                      "samples.png", "reconstructions.png", "interpolations.png", "loss_curves.png",
-                     "latent_manifold.png", "latent_scatter.png"]:
+                     "latent_manifold.png", "latent_scatter.png", "kl_per_dimension.png"]:
         assert expected in names
     for log in ["logs/train", "logs/validation", "logs/images"]:
         assert any(name.startswith(log + "/events.out.tfevents") for name in names), log
@@ -56,6 +56,11 @@ def test_run_directory_holds_everything(latent_2d_run):
     metrics = json.loads((latent_2d_run / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3
     assert metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    diagnostics = metrics["diagnostics"]  # of the validation split, by tfvae.diagnostics
+    assert diagnostics["num_examples"] == 180 and 0 <= diagnostics["active_units"] <= 2
+    assert len(diagnostics["kl_per_dimension"]) == 2
+    assert sum(diagnostics["kl_per_dimension"]) == pytest.approx(diagnostics["kl"], rel=1e-6)
+    assert 0 <= diagnostics["mutual_information"] <= diagnostics["mutual_information_max"]
 
 
 def test_pictures_have_the_expected_size_and_are_not_blank(latent_2d_run):
@@ -70,7 +75,7 @@ def test_pictures_have_the_expected_size_and_are_not_blank(latent_2d_run):
         pixels = _png(latent_2d_run / name)
         assert pixels.shape[:2] == size, name
         assert pixels.std() > 5, name
-    for chart in ["loss_curves.png", "latent_scatter.png"]:
+    for chart in ["loss_curves.png", "latent_scatter.png", "kl_per_dimension.png"]:
         pixels = _png(latent_2d_run / chart)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels.std() > 5
 
@@ -88,8 +93,15 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     status, out, _ = _main(capsys, "evaluate", latent_2d_run, "--samples", "50", "--json")
     assert status == 0
     result = json.loads(out)
-    assert set(result) == {"run_dir", "checkpoint", "dataset", "elbo", "iw_nll", "num_samples", "num_examples"}
+    assert set(result) == {
+        "run_dir", "checkpoint", "dataset", "elbo", "iw_nll", "num_samples", "num_examples",
+        "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+        "mutual_information", "mutual_information_max", "mutual_information_examples",
+    }
     assert result["num_samples"] == 50 and result["num_examples"] == 180  # 10% of the 1,797 digits
+    assert 0 <= result["active_units"] <= result["latent_dim"] == len(result["kl_per_dimension"]) == 2
+    assert result["mutual_information_examples"] == 180
+    assert 0 <= result["mutual_information"] <= result["mutual_information_max"] == pytest.approx(np.log(180))
     assert 0 < result["iw_nll"] <= -result["elbo"] + 0.5
 
 
@@ -97,6 +109,8 @@ def test_evaluate_prints_a_table(latent_2d_run, capsys):
     status, out, _ = _main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
     assert status == 0
     assert "IW NLL, K=5 (nats/image)" in out and "examples" in out and " 20\n" in out
+    assert "active units (Cov > 0.01)" in out and " of 2\n" in out and "KL per dimension (nats)" in out
+    assert "I(x; z) under q, N=20 (nats, <= log N = 3.00)" in out
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import math
 
 import tensorflow as tf
 
+from tfvae.diagnostics import posterior_diagnostics
 from tfvae.distributions import BernoulliLikelihood
 from tfvae.training import load_data, load_run_config, load_run_model
 
@@ -54,7 +55,9 @@ def evaluate_run(
 
     Returns:
         `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "run_dir", "checkpoint"}`
-        (per-image nats; `elbo` is a single-sample estimate), plus `bits_per_dim` for RGB data.
+        (per-image nats; `elbo` is a single-sample estimate), plus `bits_per_dim` for RGB data,
+        plus the posterior-collapse diagnostics of `diagnostic_fields` (`active_units`,
+        `kl_per_dimension`, `mutual_information`, ...).
 
     Raises:
         FileNotFoundError: not a run directory.
@@ -81,10 +84,43 @@ def evaluate_run(
         "num_samples": int(num_samples),
         "num_examples": int(len(nll)),
     }
+    result.update(diagnostic_fields(vae, held_out, seed))
     if vae.image_shape[-1] == 3:
         discrete = isinstance(vae.likelihood, BernoulliLikelihood)
         result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, discrete)
     return result
+
+
+def diagnostic_fields(vae, data, seed: int = 0) -> dict:
+    """The posterior-collapse diagnostics of `tfvae.diagnostics.posterior_diagnostics` on `data`.
+
+    Returns:
+        `{"active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+        "mutual_information", "mutual_information_max", "mutual_information_examples"}`
+        (`kl_per_dimension` is None when q(z|x) or p(z) does not factorize).
+    """
+    report = posterior_diagnostics(vae, data, seed=seed)
+    return {
+        key: report[key]
+        for key in (
+            "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+            "mutual_information", "mutual_information_max", "mutual_information_examples",
+        )
+    }
+
+
+def diagnostic_rows(result: dict) -> list[tuple[str, str]]:
+    """The table rows of `diagnostic_fields`: active units, the KL of each dimension, I(x; z)."""
+    rows = [
+        (f"active units (Cov > {result['active_unit_threshold']:g})", f"{result['active_units']} of {result['latent_dim']}"),
+    ]
+    if result["kl_per_dimension"] is not None:
+        rows.append(("KL per dimension (nats)", " ".join(f"{kl:.2f}" for kl in result["kl_per_dimension"])))
+    rows.append((
+        f"I(x; z) under q, N={result['mutual_information_examples']} (nats, <= log N = {result['mutual_information_max']:.2f})",
+        f"{result['mutual_information']:.3f}",
+    ))
+    return rows
 
 
 def format_table(result: dict) -> str:
@@ -99,5 +135,6 @@ def format_table(result: dict) -> str:
     ]
     if "bits_per_dim" in result:
         rows.append(("bits/dim", f"{result['bits_per_dim']:.4f}"))
+    rows.extend(diagnostic_rows(result))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
