@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -227,6 +228,37 @@ def mutual_information(posterior: tfd.Distribution, z) -> float:
     return float(np.mean(np.concatenate(terms)))
 
 
+#: One compiled batch pass per model, kept while the model lives (a new tf.function on every
+#: call would be traced again each time).
+_BATCH_STATISTICS = weakref.WeakKeyDictionary()
+
+
+def _batch_statistics_function(vae):
+    """A tf.function of (images, seed) giving z ~ q(z|x), E_q[z|x], the KL, and where defined the
+    per-dimension KL and the posterior's stddev (diagonal Gaussians): TFP's eager overhead per
+    batch would otherwise dominate."""
+    if vae in _BATCH_STATISTICS:
+        return _BATCH_STATISTICS[vae]
+
+    model = weakref.ref(vae)  # a strong reference here would keep the model alive forever
+
+    @tf.function(reduce_retracing=True)
+    def batch_statistics(images, batch_seed):
+        posterior, prior = model().encode(images), model().prior_distribution()
+        z = posterior.sample(seed=batch_seed)
+        statistics = {"z": z, "mean": posterior.mean(), "kl": kl_divergence(posterior, prior, z)}
+        try:  # decided by the distributions' types, once, when traced
+            statistics["kl_per_dimension"] = kl_per_dimension(posterior, prior)
+        except ValueError:
+            pass
+        if isinstance(posterior, tfd.MultivariateNormalDiag):
+            statistics["stddev"] = posterior.stddev()
+        return statistics
+
+    _BATCH_STATISTICS[vae] = batch_statistics
+    return batch_statistics
+
+
 def posterior_diagnostics(
     vae,
     data,
@@ -264,20 +296,7 @@ def posterior_diagnostics(
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"Expected threshold to be a number >= 0. Received: threshold={threshold!r}")
 
-    @tf.function(reduce_retracing=True)
-    def batch_statistics(images, batch_seed):
-        # One compiled pass per batch: TFP's eager overhead would otherwise dominate.
-        posterior, prior = vae.encode(images), vae.prior_distribution()
-        z = posterior.sample(seed=batch_seed)
-        statistics = {"z": z, "mean": posterior.mean(), "kl": kl_divergence(posterior, prior, z)}
-        try:  # decided by the distributions' types, once, when traced
-            statistics["kl_per_dimension"] = kl_per_dimension(posterior, prior)
-        except ValueError:
-            pass
-        if isinstance(posterior, tfd.MultivariateNormalDiag):
-            statistics["stddev"] = posterior.stddev()
-        return statistics
-
+    batch_statistics = _batch_statistics_function(vae)
     batches, posteriors, mi_examples = [], [], 0
     for step, images in enumerate(_image_batches(data, batch_size)):
         statistics = batch_statistics(images, tf.constant([seed, step], tf.int32))
