@@ -84,12 +84,12 @@ class TrainConfig:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
-    hidden_units: int | None = None
+    hidden_units: int | None = 256
     likelihood: str = "bernoulli"
     beta: float = 1.0
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: int = 80
+    batch_size: int = 32
+    learning_rate: float = 2e-3
     seed: int = 0
     run_dir: str | None = None
     strategy: str = "default"
