@@ -220,7 +220,7 @@ def test_resume_after_sigkill_finishes_the_requested_epochs(tmp_path):
     epochs = 12
     process = subprocess.Popen(
         [sys.executable, "-m", "tfvae", "train", "--epochs", str(epochs), "--run-dir", str(run_dir), "--quiet",
-         "--filters", "64,128", "--hidden-units", "256"],
+         "--filters", "64,128", "--hidden-units", "256", "--batch-size", "64"],
         env=cli_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
