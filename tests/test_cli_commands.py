@@ -44,7 +44,7 @@ def test_run_directory_holds_everything(latent_2d_run):
     names = {p.relative_to(latent_2d_run).as_posix() for p in latent_2d_run.rglob("*") if p.is_file()}
     for expected in ["config.json", "model.keras", "checkpoints/best.keras", "metrics.csv", "metrics.json",
                      "samples.png", "reconstructions.png", "interpolations.png", "loss_curves.png",
-                     "latent_manifold.png", "latent_scatter.png"]:
+                     "latent_manifold.png", "latent_scatter.png", "kl_per_dimension.png"]:
         assert expected in names
     for log in ["logs/train", "logs/validation", "logs/images"]:
         assert any(name.startswith(log + "/events.out.tfevents") for name in names), log
@@ -57,6 +57,11 @@ def test_run_directory_holds_everything(latent_2d_run):
     metrics = json.loads((latent_2d_run / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3
     assert metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    diagnostics = metrics["diagnostics"]  # of the validation split, by tfvae.diagnostics
+    assert diagnostics["num_examples"] == 180 and 0 <= diagnostics["active_units"] <= 2
+    assert len(diagnostics["kl_per_dimension"]) == 2
+    assert sum(diagnostics["kl_per_dimension"]) == pytest.approx(diagnostics["kl"], rel=1e-6)
+    assert 0 <= diagnostics["mutual_information"] <= diagnostics["mutual_information_max"]
 
 
 def test_pictures_have_the_expected_size_and_are_not_blank(latent_2d_run):
@@ -71,7 +76,7 @@ def test_pictures_have_the_expected_size_and_are_not_blank(latent_2d_run):
         pixels = _png(latent_2d_run / name)
         assert pixels.shape[:2] == size, name
         assert pixels.std() > 5, name
-    for chart in ["loss_curves.png", "latent_scatter.png"]:
+    for chart in ["loss_curves.png", "latent_scatter.png", "kl_per_dimension.png"]:
         pixels = _png(latent_2d_run / chart)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels.std() > 5
 
@@ -92,12 +97,17 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     assert set(result) == {
         "run_dir", "checkpoint", "dataset", "source", "elbo", "iw_nll", "num_samples", "num_examples",
         "data", "bits_per_dim_unavailable",
+        "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+        "mutual_information", "mutual_information_max", "mutual_information_examples",
     }
     assert result["source"] == "built-in 'digits'"
     # A Bernoulli on the gray digits (levels k / 16): no probability of the data, no bits/dim.
     assert result["data"] == "continuous"
     assert result["bits_per_dim_unavailable"].startswith("No bits/dim: the BernoulliLikelihood scores continuous data")
     assert result["num_samples"] == 50 and result["num_examples"] == 180  # 10% of the 1,797 digits
+    assert 0 <= result["active_units"] <= result["latent_dim"] == len(result["kl_per_dimension"]) == 2
+    assert result["mutual_information_examples"] == 180
+    assert 0 <= result["mutual_information"] <= result["mutual_information_max"] == pytest.approx(np.log(180))
     assert 0 < result["iw_nll"] <= -result["elbo"] + 0.5
 
 
@@ -108,6 +118,8 @@ def test_evaluate_prints_a_table(latent_2d_run, capsys):
     # The cost, before the progress bar: examples x K decodes and the time it should take.
     assert re.match(r"Scoring 20 examples x K=5 importance samples = 100 decodes: about \d+ s on this machine\.\n",
                     err), err
+    assert "active units (Cov > 0.01)" in out and " of 2\n" in out and "KL per dimension (nats)" in out
+    assert "I(x; z) under q, N=20 (nats, <= log N = 3.00)" in out
 
 
 @pytest.mark.parametrize(
@@ -217,7 +229,7 @@ def test_resume_after_sigkill_finishes_the_requested_epochs(tmp_path):
     epochs = 12
     process = subprocess.Popen(
         [sys.executable, "-m", "tfvae", "train", "--epochs", str(epochs), "--run-dir", str(run_dir), "--quiet",
-         "--filters", "64,128", "--hidden-units", "256"],
+         "--filters", "64,128", "--hidden-units", "256", "--batch-size", "64"],
         env=cli_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300

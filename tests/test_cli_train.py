@@ -21,8 +21,8 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in run_dir.iterdir())
     assert names == [
-        "checkpoints", "config.json", "interpolations.png", "logs", "loss_curves.png", "metrics.csv",
-        "metrics.json", "model.keras", "reconstructions.png", "samples.png",
+        "checkpoints", "config.json", "interpolations.png", "kl_per_dimension.png", "logs", "loss_curves.png",
+        "metrics.csv", "metrics.json", "model.keras", "reconstructions.png", "samples.png",
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3 and metrics["stopped_on_nan"] is False

@@ -361,7 +361,7 @@ def test_cli_multi_worker_writes_only_the_chiefs_run_and_survives_a_worker_resta
     assert chief["train"] == worker["train"]  # the same model trained on both
     assert chief["run_dir"] == str(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.json", "interpolations.png", "latent_manifold.png",
+        "checkpoints", "config.json", "interpolations.png", "kl_per_dimension.png", "latent_manifold.png",
         "latent_scatter.png", "logs", "loss_curves.png", "metrics.csv", "metrics.json",
         "model.keras", "reconstructions.png", "samples.png",
     ]

@@ -77,3 +77,12 @@ def test_names_resolve_and_unknown_names_are_clear_errors():
         get_prior("vamp")
     with pytest.raises(ValueError, match="Received: 3"):
         get_likelihood(3)
+
+
+def test_the_command_line_knows_every_registered_likelihood():
+    # tfvae.config keeps the names TensorFlow-free for the command line's parser; they must be
+    # the registry's.
+    from tfvae.config import LIKELIHOOD_NAMES
+    from tfvae.distributions import LIKELIHOODS
+
+    assert sorted(LIKELIHOOD_NAMES) == sorted(LIKELIHOODS)

@@ -197,7 +197,7 @@ def test_a_really_full_disk_is_one_line_keeps_the_run_and_resumes(tmp_path):
 @pytest.mark.parametrize(
     "settings, flags, message",
     [
-        ({"likelihood": "poisson"}, [], "Expected likelihood to be one of ['bernoulli', 'gaussian']"),
+        ({"likelihood": "poisson"}, [], "Expected likelihood to be one of ['bernoulli', 'categorical', 'continuous_bernoulli'"),
         ({"image_size": 5}, [], "Received: input_shape=(5, 5, 1)"),
         ({}, ["--cache", "no/such/folder/cache"], "whose folder 'no/such/folder' does not exist"),
         ({}, ["--filters", "32,64,128,256"], "divisible by 2**len(filters) = 16"),
@@ -257,7 +257,7 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
         ({"learning_rate": float("nan")}, "Expected learning_rate > 0 and finite. Received: learning_rate=nan"),
         ({"beta": float("inf")}, "Expected beta to be a finite number >= 0. Received: beta=inf"),
         ({"beta": float("nan")}, "Expected beta to be a finite number >= 0. Received: beta=nan"),
-        ({"likelihood": "poisson"}, "Expected likelihood to be one of ['bernoulli', 'gaussian']"),
+        ({"likelihood": "poisson"}, "Expected likelihood to be one of ['bernoulli', 'categorical', 'continuous_bernoulli'"),
         ({"filters": "32,x"}, "Expected filters to be positive integers"),
         ({"filters": [32, 0]}, "Expected filters to be positive integers"),
         ({"image_size": "big"}, "Expected image_size to be HEIGHTxWIDTH or one size"),
@@ -409,7 +409,8 @@ def test_the_backup_callback_names_an_unreadable_backup(tmp_path, digits):
 
 def test_a_validation_split_of_one_image_gets_the_pictures_it_allows(tmp_path, capsys):
     # 10 images at the default validation fraction leave one validation image: no
-    # interpolation (it needs two), but the run finishes and says which pictures it drew.
+    # interpolation and no diagnostics (they need two), but the run finishes and says which
+    # pictures it drew.
     images = np.random.default_rng(0).random((10, 8, 8, 1)).astype("float32")
     np.save(tmp_path / "ten.npy", images)
     run_dir = tmp_path / "run"
@@ -421,3 +422,4 @@ def test_a_validation_split_of_one_image_gets_the_pictures_it_allows(tmp_path, c
     assert "reconstructions.png" in metrics["pictures"]
     assert "interpolations.png" not in metrics["pictures"]
     assert (run_dir / "reconstructions.png").is_file() and not (run_dir / "interpolations.png").exists()
+    assert metrics["diagnostics"] is None

@@ -168,7 +168,7 @@ class TrainConfig:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
-    hidden_units: int | None = None
+    hidden_units: int | None = 256
     likelihood: str = "bernoulli"
     likelihood_components: int | None = None
     dequantize: bool = False
@@ -182,9 +182,9 @@ class TrainConfig:
     iw_samples: int = 1
     gradient_estimator: str = "standard"
     # --- end of the training objective
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: int = 80
+    batch_size: int = 32
+    learning_rate: float = 2e-3
     seed: int = 0
     run_dir: str | None = None
     strategy: str = "default"

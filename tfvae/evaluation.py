@@ -9,6 +9,7 @@ import time
 import tensorflow as tf
 
 from tfvae.data import translate_pipeline_errors
+from tfvae.diagnostics import posterior_diagnostics
 from tfvae.training import load_data, load_run_config, load_run_model
 
 #: What `data_kind` reports: the values of the scored images.
@@ -170,7 +171,8 @@ def evaluate_run(
         "checkpoint", "data"}` (`source` says where the data came from, e.g. "local folder
         'mnist'"; per-image nats; `elbo` is a single-sample estimate; `data` is the `data_kind`),
         plus `bits_per_dim` where `bits_per_dim` defines it, else `bits_per_dim_unavailable`,
-        its one-line reason.
+        its one-line reason; plus the posterior-collapse diagnostics of `diagnostic_fields`
+        (`active_units`, `kl_per_dimension`, `mutual_information`, ...).
 
     Raises:
         FileNotFoundError: not a run directory.
@@ -210,7 +212,40 @@ def evaluate_run(
         result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, vae.likelihood, result["data"])
     except ValueError as reason:
         result["bits_per_dim_unavailable"] = str(reason)
+    result.update(diagnostic_fields(vae, held_out, seed))
     return result
+
+
+def diagnostic_fields(vae, data, seed: int = 0) -> dict:
+    """The posterior-collapse diagnostics of `tfvae.diagnostics.posterior_diagnostics` on `data`.
+
+    Returns:
+        `{"active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+        "mutual_information", "mutual_information_max", "mutual_information_examples"}`
+        (`kl_per_dimension` is None when q(z|x) or p(z) does not factorize).
+    """
+    report = posterior_diagnostics(vae, data, seed=seed)
+    return {
+        key: report[key]
+        for key in (
+            "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
+            "mutual_information", "mutual_information_max", "mutual_information_examples",
+        )
+    }
+
+
+def diagnostic_rows(result: dict) -> list[tuple[str, str]]:
+    """The table rows of `diagnostic_fields`: active units, the KL of each dimension, I(x; z)."""
+    rows = [
+        (f"active units (Cov > {result['active_unit_threshold']:g})", f"{result['active_units']} of {result['latent_dim']}"),
+    ]
+    if result["kl_per_dimension"] is not None:
+        rows.append(("KL per dimension (nats)", " ".join(f"{kl:.2f}" for kl in result["kl_per_dimension"])))
+    rows.append((
+        f"I(x; z) under q, N={result['mutual_information_examples']} (nats, <= log N = {result['mutual_information_max']:.2f})",
+        f"{result['mutual_information']:.3f}",
+    ))
+    return rows
 
 
 def format_table(result: dict) -> str:
@@ -228,5 +263,6 @@ def format_table(result: dict) -> str:
         rows.append(("bits/dim", f"{result['bits_per_dim']:.4f}"))
     elif "bits_per_dim_unavailable" in result:
         rows.append(("bits/dim", result["bits_per_dim_unavailable"]))
+    rows.extend(diagnostic_rows(result))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

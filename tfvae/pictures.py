@@ -151,3 +151,30 @@ def save_tuning_curve(
     axes.grid(alpha=0.3)
     _save_figure(figure, path)
     plt.close(figure)
+
+
+def save_kl_per_dimension(kl_per_dimension, path: str | os.PathLike, active=None) -> None:
+    """A bar chart of the mean KL(q(z_d|x) || p(z_d)) of each latent dimension d.
+
+    Args:
+        kl_per_dimension: `[D]` mean KLs in nats (see `tfvae.diagnostics`).
+        path: the PNG file to write.
+        active: optional `[D]` booleans: active units are drawn in one colour, the others
+            (collapsed) in gray.
+    """
+    plt = _pyplot()
+    values = np.asarray(kl_per_dimension, dtype=float)
+    dims = np.arange(len(values))
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.35 * len(values) + 2.0), 3.5))
+    colors = "C0" if active is None else ["C0" if used else "0.6" for used in active]
+    axes.bar(dims, values, color=colors)
+    axes.set_xlabel("latent dimension")
+    axes.set_ylabel("KL (nats, mean per example)")
+    title = f"KL per latent dimension: {values.sum():.2f} nats in all"
+    if active is not None:
+        title += f"; {int(np.count_nonzero(active))} of {len(values)} active (gray: inactive)"
+    axes.set_title(title, fontsize=9)
+    axes.set_xticks(dims if len(values) <= 32 else dims[:: max(1, len(values) // 16)])
+    axes.grid(axis="y", alpha=0.3)
+    _save_figure(figure, path)
+    plt.close(figure)

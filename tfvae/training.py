@@ -11,6 +11,7 @@ A run directory holds everything about one run:
     metrics.json           the final metrics
     samples.png, reconstructions.png, interpolations.png, loss_curves.png
     latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist)
+    kl_per_dimension.png   the KL of each latent dimension (posterior-collapse diagnostics)
 
 Every file is written under a temporary name and renamed into place.
 """
@@ -43,6 +44,7 @@ from tfvae.callbacks import (
 from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F401 (defined there, TF-free)
 from tfvae.data import load, translate_pipeline_errors
 from tfvae.data.pipeline import source_short_name
+from tfvae.diagnostics import posterior_diagnostics
 from tfvae.distributions import get_likelihood
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
@@ -334,6 +336,26 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
         seed=config.seed,
     )
     return vae, initial_epoch
+def write_diagnostics(vae, run_dir: Path, data, seed: int) -> tuple[dict, list[str]]:
+    """The posterior-collapse diagnostics of `vae` on `data` and their bar chart.
+
+    Args:
+        vae: a trained `tfvae.VAE`.
+        run_dir: the run directory (`kl_per_dimension.png` is written there when q(z|x) and p(z)
+            factorize over the dimensions).
+        data: the validation split (a dataset of batches).
+        seed: seeds the mutual-information estimate.
+
+    Returns:
+        `(report, file names)`: the `tfvae.diagnostics.posterior_diagnostics` report and the
+        pictures written.
+    """
+    report = posterior_diagnostics(vae, data, seed=seed)
+    if report["kl_per_dimension"] is None:
+        return report, []
+    active = [v > report["active_unit_threshold"] for v in report["posterior_mean_variance"]]
+    pictures.save_kl_per_dimension(report["kl_per_dimension"], run_dir / "kl_per_dimension.png", active)
+    return report, ["kl_per_dimension.png"]
 
 
 def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
@@ -439,11 +461,14 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     start_epoch = history.epoch[0] if history.epoch else initial_epoch
     finite = [all(math.isfinite(values[i]) for values in history.history.values()) for i in range(len(history.epoch))]
     stopped_on_nan = not all(finite)
-    written = []
+    written, diagnostics = [], None
     if finished_model.exists() and job.is_chief:
         # Pictures of the last good model: the one on disk.
         vae = keras.models.load_model(finished_model)
         written = write_pictures(vae, run_dir, preview_images, preview_labels, config.seed)
+        if data.num_validation is None or data.num_validation >= 2:  # a covariance needs two
+            diagnostics, charts = write_diagnostics(vae, run_dir, data.validation, config.seed)
+            written += charts
     if rows:
         pictures.save_loss_curves(rows, run_dir / "loss_curves.png")
         written.append("loss_curves.png")
@@ -456,6 +481,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
         "train": {k: _finite_or_none(v) for k, v in last.items() if k != "epoch" and not k.startswith("val_")},
         "validation": {k[4:]: _finite_or_none(v) for k, v in last.items() if k.startswith("val_")},
         "best_val_loss": best.best,
+        "diagnostics": diagnostics,
         "seconds_this_session": round(seconds, 2),
         "image_shape": list(data.image_shape),
         "num_train_examples": data.num_train,
