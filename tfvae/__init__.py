@@ -15,9 +15,11 @@ _PUBLIC_NAMES = {
     "build_conv_decoder": "tfvae.models",
     "build_conv_encoder": "tfvae.models",
     "build_conv_vae": "tfvae.models",
+    "diagnostics": "tfvae.diagnostics",
     "distributions": "tfvae.distributions",
     "export_saved_model": "tfvae.export",
     "objectives": "tfvae.objectives",
+    "schedules": "tfvae.schedules",
     # Submodules that `import tfvae` used to load, so `tfvae.export.read_metadata` still works.
     "export": "tfvae.export",
     "models": "tfvae.models",
@@ -29,9 +31,11 @@ __all__ = [
     "build_conv_decoder",
     "build_conv_encoder",
     "build_conv_vae",
+    "diagnostics",
     "distributions",
     "export_saved_model",
     "objectives",
+    "schedules",
 ]
 
 
