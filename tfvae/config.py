@@ -72,6 +72,10 @@ LIKELIHOOD_NAMES = (
 )
 
 
+#: The posterior names `tfvae train` accepts (the registry of `tfvae.distributions.POSTERIORS`).
+POSTERIOR_NAMES = ("diagonal_gaussian", "iaf")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -143,6 +147,9 @@ class TrainConfig:
             "discretized_logistic", ...).
         likelihood_components: int or None. M, the mixture components of the
             "discretized_logistic" likelihood (None: its default, 5).
+        posterior: str. A name in `tfvae.distributions.POSTERIORS` ("diagonal_gaussian", "iaf").
+        iaf_steps, iaf_context_units: int or None. T flow steps and the context width H of the
+            "iaf" posterior (None: its defaults, 2 and 16).
         beta: float. Weight of the KL term (the target of a KL schedule).
         kl_schedule, kl_warmup, kl_cycle, free_bits, iw_samples, gradient_estimator: the training
             objective; see `check_objective_settings` and `tfvae.training.build_objective`.
@@ -172,6 +179,9 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     likelihood_components: int | None = None
     dequantize: bool = False
+    posterior: str = "diagonal_gaussian"
+    iaf_steps: int | None = None
+    iaf_context_units: int | None = None
     beta: float = 1.0
     # --- The training objective (issue 12); checked by check_objective_settings, built by
     # tfvae.training.build_objective. kl_warmup and kl_cycle are in epochs (fractions allowed).
@@ -213,6 +223,21 @@ class TrainConfig:
                 "Expected likelihood_components to be an integer >= 1 or None. "
                 f"Received: likelihood_components={self.likelihood_components!r}"
             )
+        if self.posterior not in POSTERIOR_NAMES:
+            raise ValueError(
+                f"Expected posterior to be one of {list(POSTERIOR_NAMES)}. Received: posterior={self.posterior!r}"
+            )
+        for name in ("iaf_steps", "iaf_context_units"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected {name} to be an integer >= 1 or None. Received: {name}={value!r}")
+            if self.posterior != "iaf":
+                raise ValueError(
+                    f"Expected {name} only with posterior 'iaf'. Received: {name}={value!r} with "
+                    f"posterior {self.posterior!r}"
+                )
         if not isinstance(self.dequantize, bool):
             raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.

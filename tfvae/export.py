@@ -26,9 +26,9 @@ try:
 except ImportError:  # Windows: without flock, leftovers are never removed
     fcntl = None
 
-from tfvae.distributions import PRIORS, likelihood_name
+from tfvae.distributions import PRIORS, likelihood_name, posterior_name
 from tfvae.models.vae import VAE
-from tfvae.objectives import elbo_terms, reparameterized_sample
+from tfvae.objectives import elbo_terms
 from tfvae.version import __version__
 
 #: Where the metadata JSON lives inside the SavedModel directory. `assets.extra/` is the
@@ -46,6 +46,9 @@ ENDPOINTS = {
     "sample": {"inputs": ["num_samples", "seed"], "outputs": ["images"]},
     "reconstruct": {"inputs": ["images"], "outputs": ["images"]},
     "elbo": {"inputs": ["images", "seed"], "outputs": ["elbo", "reconstruction", "kl"]},
+    "posterior_sample": {"inputs": ["images", "num_samples", "seed"], "outputs": ["z", "log_q"]},
+    "prior_log_prob": {"inputs": ["z"], "outputs": ["log_prob"]},
+    "log_likelihood": {"inputs": ["images", "z"], "outputs": ["log_likelihood"]},
 }
 
 
@@ -77,6 +80,9 @@ class _Endpoints:
     def _posterior(self, images):
         return self.vae.encode(images, training=False)
 
+    def _posterior_sample(self, images, num_samples, seed):
+        return self.vae.posterior_sample(images, num_samples, seed=stateless_seed(seed))
+
     def encode(self, images):
         posterior = self._posterior(images)
         return {"loc": posterior.mean(), "scale": posterior.stddev()}
@@ -103,18 +109,38 @@ class _Endpoints:
         return {"images": _float32(self.vae(images, training=False))}
 
     def elbo(self, images, seed):
-        posterior = self._posterior(images)
-        noise = tf.random.stateless_normal(tf.shape(posterior.mean()), seed=stateless_seed(seed))
-        z = reparameterized_sample(posterior, noise)
+        parameters = self.vae.posterior_parameters(images, training=False)
+        z, log_q = self._posterior_sample(images, 1, seed)
         terms = elbo_terms(
-            images, self.vae.decode(z), posterior, self.vae.prior_distribution(), z
+            images, self.vae.decode(z[0]), self.vae.posterior.distribution(parameters),
+            self.vae.prior_distribution(), z[0], log_q=log_q[0],
         )
         return {name: terms[name] for name in ENDPOINTS["elbo"]["outputs"]}
+
+    def posterior_sample(self, images, num_samples, seed):
+        check = tf.debugging.assert_positive(
+            num_samples, message="Expected num_samples >= 1 in posterior_sample(images, num_samples, seed)."
+        )
+        with tf.control_dependencies([check]):
+            z, log_q = self._posterior_sample(images, num_samples, seed)
+        return {"z": z, "log_q": log_q}
+
+    def prior_log_prob(self, z):
+        return {"log_prob": self.vae.prior_distribution().log_prob(tf.cast(z, tf.float32))}
+
+    def log_likelihood(self, images, z):
+        shape = tf.shape(z)
+        flat_z = tf.reshape(z, [-1, self.vae.latent_dim])
+        tiled = tf.broadcast_to(images[tf.newaxis], tf.concat([shape[:1], tf.shape(images)], 0))
+        flat_images = tf.reshape(tiled, tf.concat([[-1], tf.shape(images)[1:]], 0))
+        log_likelihood = self.vae.decode(flat_z).log_prob(flat_images)
+        return {"log_likelihood": tf.reshape(log_likelihood, shape[:2])}
 
 
 def _input_signatures(vae) -> dict:
     images = tf.TensorSpec((None, *vae.image_shape), tf.float32, name="images")
     seed = tf.TensorSpec((), tf.int64, name="seed")
+    samples = tf.TensorSpec((None, None, vae.latent_dim), tf.float32, name="z")
     return {
         "encode": [images],
         "embed": [images],
@@ -122,6 +148,9 @@ def _input_signatures(vae) -> dict:
         "sample": [tf.TensorSpec((), tf.int32, name="num_samples"), seed],
         "reconstruct": [images],
         "elbo": [images, seed],
+        "posterior_sample": [images, tf.TensorSpec((), tf.int32, name="num_samples"), seed],
+        "prior_log_prob": [samples],
+        "log_likelihood": [images, samples],
     }
 
 
@@ -161,9 +190,17 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
             (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
             type(vae.prior).__name__,
         ),
+        "prior_settings": {
+            key: value for key, value in vae.prior.get_config().items()
+            if key not in keras.layers.Layer.get_config(vae.prior)
+        },
+        "posterior": posterior_name(vae.posterior) or type(vae.posterior).__name__,
+        "posterior_settings": vae.posterior.settings(),
         "serving_default": "reconstruct",
         "endpoints": ENDPOINTS,
-        "elbo_noise": "tf.random.stateless_normal([batch, latent_dim], "
+        "elbo_noise": "tf.random.stateless_normal([1, batch, latent_dim], "
+        "seed=tf.bitcast(tf.cast(seed, tf.int64), tf.int32))",
+        "posterior_sample_noise": "tf.random.stateless_normal([num_samples, batch, latent_dim], "
         "seed=tf.bitcast(tf.cast(seed, tf.int64), tf.int32))",
     }
     metadata.update(extra or {})
@@ -346,8 +383,10 @@ def export_saved_model(
     float32 tensors, so `saved_model_cli show --all` and TF Serving see named inputs and outputs;
     B is the batch size, D the latent size, [H, W, C] the image shape):
 
-    - `encode(images [B, H, W, C])` -> `{"loc": [B, D], "scale": [B, D]}`, the posterior q(z|x);
-    - `embed(images)` -> `{"embedding": [B, D]}`, the posterior mean;
+    - `encode(images [B, H, W, C])` -> `{"loc": [B, D], "scale": [B, D]}`, the posterior q(z|x)
+      (for a flow posterior, `iaf`, its base Gaussian before the flow steps: `posterior_sample`
+      gives samples of q(z|x) itself);
+    - `embed(images)` -> `{"embedding": [B, D]}`, the (base) posterior mean;
     - `decode(z [B, D])` -> `{"images": [B, H, W, C], "parameters": [B, H, W, C * P]}`, the
       likelihood's mean image and its raw parameters, P per sub-pixel (the metadata's
       `parameters_per_subpixel`, laid out as its `likelihood_parameters` says: channel c's P
@@ -360,9 +399,17 @@ def export_saved_model(
     - `reconstruct(images)` -> `{"images": [B, H, W, C]}`, the mean reconstruction (`vae(images)`),
       an image for every likelihood;
     - `elbo(images, seed int64 [])` -> `{"elbo", "reconstruction", "kl"}`, each `[B]`: the
-      single-sample ELBO with posterior noise `tf.random.stateless_normal([B, D],
-      seed=stateless_seed(seed))` instead of the model's stateful SeedGenerator, so a given seed
+      single-sample ELBO with posterior noise `tf.random.stateless_normal([1, B, D],
+      seed=stateless_seed(seed))` (the first draw of `posterior_sample`) instead of the model's stateful SeedGenerator, so a given seed
       gives the same value every time (the model's `compute_elbo_terms` with that noise);
+    - `posterior_sample(images, num_samples int32 [], seed int64 [])` -> `{"z": [K, B, D],
+      "log_q": [K, B]}`: K reparameterized z ~ q(z|x) per image with their exact log q(z|x)
+      (a flow's too), noise `tf.random.stateless_normal([K, B, D], seed=stateless_seed(seed))`;
+    - `prior_log_prob(z [K, B, D])` -> `{"log_prob": [K, B]}`, log p(z);
+    - `log_likelihood(images [B, H, W, C], z [K, B, D])` -> `{"log_likelihood": [K, B]}`,
+      log p(x|z_k) summed over sub-pixels. With these three a TF-only consumer computes importance
+      weights log w = log_likelihood + log_prob - log_q and -log p(x) ~= -(logsumexp_k log w - log K),
+      the model's `importance_weighted_nll`;
     - `serving_default` = `reconstruct`.
 
     The metadata (`export_metadata`) is written to `PATH/assets.extra/tfvae.json`.
@@ -398,7 +445,7 @@ def export_saved_model(
     endpoints = _Endpoints(vae)
     signatures = _input_signatures(vae)
     # `reconstruct` first: ExportArchive makes the first endpoint `serving_default`.
-    for name in ("reconstruct", "encode", "embed", "decode", "sample", "elbo"):
+    for name in ("reconstruct", *(name for name in ENDPOINTS if name != "reconstruct")):
         archive.add_endpoint(name, getattr(endpoints, name), input_signature=signatures[name])
     with _atomic_directory(target, overwrite) as staging:
         archive.write_out(str(staging), verbose=False)

@@ -1,7 +1,8 @@
-"""Likelihoods p(x|z) and priors p(z): tensors in, TensorFlow Probability distributions out.
+"""Likelihoods p(x|z), priors p(z) and posteriors q(z|x): tensors in, distributions (or samples) out.
 
 One module per role: `likelihoods` (the decoder's output distribution, Bernoulli and Gaussian
-and, for 8-bit images, categorical and discretized logistic) and `priors`. Every public
+and, for 8-bit images, categorical and discretized logistic), `priors` and `posteriors` (the
+diagonal Gaussian and the inverse autoregressive flow). Every public
 name is re-exported here, so `tfvae.distributions.X` keeps working.
 """
 
@@ -18,22 +19,40 @@ from tfvae.distributions.likelihoods import (
     get_likelihood,
     likelihood_name,
 )
+from tfvae.distributions.posteriors import (
+    POSTERIORS,
+    DiagonalGaussianPosterior,
+    IAFPosterior,
+    MaskedDense,
+    Posterior,
+    PosteriorParameters,
+    get_posterior,
+    posterior_name,
+)
 from tfvae.distributions.priors import PRIORS, Prior, StandardNormalPrior, get_prior
 
 __all__ = [
     "LIKELIHOODS",
+    "POSTERIORS",
     "PRIORS",
     "BernoulliLikelihood",
     "CategoricalLikelihood",
     "ContinuousBernoulliLikelihood",
+    "DiagonalGaussianPosterior",
     "DiscretizedLogisticLikelihood",
     "GaussianLikelihood",
     "GaussianPredictedScaleLikelihood",
+    "IAFPosterior",
     "IndependentSubpixels",
     "Likelihood",
+    "MaskedDense",
+    "Posterior",
+    "PosteriorParameters",
     "Prior",
     "StandardNormalPrior",
     "get_likelihood",
+    "get_posterior",
     "get_prior",
     "likelihood_name",
+    "posterior_name",
 ]

@@ -17,6 +17,7 @@ def build_conv_encoder(
     hidden_units: int | None = None,
     activation: str = "relu",
     name: str = "encoder",
+    context_units: int = 0,
 ) -> keras.Model:
     """Builds a functional encoder: strided Conv2D stack -> Dense -> posterior parameters.
 
@@ -31,10 +32,13 @@ def build_conv_encoder(
         hidden_units: int or None. Width of an optional Dense layer after flattening.
         activation: str. Activation of the hidden layers.
         name: str. The model's name.
+        context_units: int >= 0. H, the width of a context output for a posterior that takes
+            one (`tfvae.distributions.IAFPosterior.context_units`); 0 for none.
 
     Returns:
         A `keras.Model` mapping images `[B, H, W, C]` to `[loc, raw_scale]`, two tensors of shape
-        `[B, D]`: the posterior mean and its unconstrained scale (the VAE applies softplus).
+        `[B, D]`: the posterior mean and its unconstrained scale (the VAE applies softplus);
+        with `context_units` > 0, to `[loc, raw_scale, context]`, the context `[B, H]`.
 
     Raises:
         ValueError: a shape or size that the stack cannot handle.
@@ -45,6 +49,8 @@ def build_conv_encoder(
     >>> [tuple(t.shape) for t in encoder.outputs]
     [(None, 16), (None, 16)]
     """
+    if isinstance(context_units, bool) or not isinstance(context_units, int) or context_units < 0:
+        raise ValueError(f"Expected context_units to be an integer >= 0. Received: context_units={context_units!r}")
     filters = check_filters(filters)
     latent_dim = check_latent_dim(latent_dim)
     input_shape = check_image_shape(input_shape, len(filters), "input_shape")
@@ -65,4 +71,7 @@ def build_conv_encoder(
         features = keras.layers.Dense(hidden_units, activation=activation, name="hidden")(features)
     loc = keras.layers.Dense(latent_dim, name="loc")(features)
     raw_scale = keras.layers.Dense(latent_dim, name="raw_scale")(features)
-    return keras.Model(images, [loc, raw_scale], name=name)
+    outputs = [loc, raw_scale]
+    if context_units:
+        outputs.append(keras.layers.Dense(context_units, name="context")(features))
+    return keras.Model(images, outputs, name=name)

@@ -10,18 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.data.errors import translate_pipeline_errors
-from tfvae.distributions import get_likelihood, get_prior
+from tfvae.distributions import PosteriorParameters, get_likelihood, get_posterior, get_prior
 from tfvae.models.decoder import build_conv_decoder
 from tfvae.models.encoder import build_conv_encoder
 from tfvae.models.validation import check_latent_dim
-from tfvae.objectives import (
-    ELBO,
-    elbo_terms,
-    get_objective,
-    log_importance_weights,
-    posterior_distribution,
-    reparameterized_sample,
-)
+from tfvae.objectives import ELBO, elbo_terms, get_objective, log_importance_weights
 
 METRIC_NAMES = ("loss", "elbo", "reconstruction", "kl")
 
@@ -40,8 +33,9 @@ def _shape_tuple(shape) -> tuple:
 class VAE(keras.Model):
     """A variational autoencoder (Kingma & Welling, 2014) trained with `fit`.
 
-    The encoder gives the parameters of a diagonal Gaussian posterior q(z|x); a reparameterized
-    sample z = loc + scale * eps is decoded into the parameters of p(x|z). Training maximizes the
+    The encoder gives the parameters of the posterior q(z|x) (by default a diagonal Gaussian; see
+    `posterior`); a reparameterized sample z, drawn with its log q(z|x), is decoded into the
+    parameters of p(x|z). Training maximizes the
     model's `objective`, averaged over the global batch: by default the per-example
     E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), summed over pixels and latent dimensions
     (`beta=1` is the ELBO itself); `tfvae.objectives.ELBO` adds KL schedules and free bits,
@@ -55,8 +49,10 @@ class VAE(keras.Model):
 
     Args:
         encoder: keras.Model (or Layer). Maps images `[B, H, W, C]` to `[loc, raw_scale]` (two
-            `[B, D]` tensors) or to one `[B, 2D]` tensor holding both. Its input shape must be
-            known (a functional model, or one built on `(None, H, W, C)`).
+            `[B, D]` tensors) or to one `[B, 2D]` tensor holding both; for a posterior with a
+            context of H units (`iaf`), to `[loc, raw_scale, context]` or one `[B, 2D + H]`
+            tensor. Its input shape must be known (a functional model, or one built on
+            `(None, H, W, C)`).
         decoder: keras.Model (or Layer). Maps z `[B, D]` to likelihood parameters
             `[B, H, W, C * P]`, P = `likelihood.parameters_per_subpixel` (1 for Bernoulli and
             Gaussian).
@@ -65,6 +61,9 @@ class VAE(keras.Model):
             `"gaussian"` (mean from the decoder, learned per-channel scale), and the others
             listed in the README's "Likelihoods" section.
         prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
+        posterior: str or `tfvae.distributions.Posterior`. `"diagonal_gaussian"` (the default,
+            analytic KL) or `"iaf"` (inverse autoregressive flow; Monte-Carlo KL, no free bits
+            or DReG); see the README's "Posteriors" section.
         beta: float >= 0 or None. Weight of the KL term in training, short for
             `objective=tfvae.objectives.ELBO(beta=beta)`. It is kept in a non-trainable
             variable, `vae.beta`, so callbacks can anneal it during `fit`
@@ -87,7 +86,7 @@ class VAE(keras.Model):
     Raises:
         ValueError: parts whose shapes do not fit together, an unknown likelihood or prior, a
             negative beta, beta given with an objective, an objective the parts do not allow
-            (free bits with a prior that does not factorize); and, from `fit`/`evaluate`, data of the wrong shape, dtype or range.
+            (free bits with a prior or posterior that does not factorize, DReG with a flow); and, from `fit`/`evaluate`, data of the wrong shape, dtype or range.
 
     Example:
 
@@ -108,6 +107,7 @@ class VAE(keras.Model):
         beta: float | None = None,
         seed: int | None = None,
         objective=None,
+        posterior="diagonal_gaussian",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +116,7 @@ class VAE(keras.Model):
         self.decoder = decoder
         self.likelihood = get_likelihood(likelihood)
         self.prior = get_prior(prior)
+        self.posterior = get_posterior(posterior)
         self.image_shape, self.latent_dim = self._check_parts(encoder, decoder)
         if beta is not None and objective is not None:
             raise ValueError(
@@ -145,12 +146,14 @@ class VAE(keras.Model):
             self.likelihood.build((None, *self.image_shape))
         if not self.prior.built:
             self.prior.build((self.latent_dim,))
+        if not self.posterior.built:
+            self.posterior.build((self.latent_dim,))
         self.build((None, *self.image_shape))
         self.objective.check_model(self)
 
     def build(self, input_shape):
-        # The encoder and decoder are built by construction; the likelihood and prior were built
-        # in __init__. Nothing else owns weights.
+        # The encoder and decoder are built by construction; the likelihood, prior and posterior
+        # were built in __init__. Nothing else owns weights.
         del input_shape
 
     # ------------------------------------------------------------------ checks of the parts
@@ -175,28 +178,32 @@ class VAE(keras.Model):
             )
         image_shape = encoder_input[1:]
         encoder_spec = encoder.compute_output_spec(keras.KerasTensor((None, *image_shape)))
-        if isinstance(encoder_spec, (list, tuple)) and len(encoder_spec) == 2:
-            loc_shape, scale_shape = (_shape_tuple(s.shape) for s in encoder_spec)
-            if loc_shape != scale_shape or len(loc_shape) != 2:
-                raise ValueError(
-                    "Expected the encoder's two outputs (loc, raw_scale) to have the same shape "
-                    f"(batch, latent_dim). Received: {loc_shape} and {scale_shape}"
-                )
+        context_units = self.posterior.context_units
+        expected_outputs = "[loc, raw_scale]" if not context_units else "[loc, raw_scale, context]"
+        layout = (
+            f"{expected_outputs}: tensors of shape (batch, latent_dim)"
+            + (f" and (batch, {context_units}) for the context" if context_units else "")
+            + f", or one tensor of shape (batch, 2 * latent_dim + {context_units})"
+            + f" for the {type(self.posterior).__name__}"
+        )
+        if isinstance(encoder_spec, (list, tuple)) and len(encoder_spec) == (3 if context_units else 2):
+            shapes = [_shape_tuple(s.shape) for s in encoder_spec]
+            loc_shape, scale_shape = shapes[:2]
+            if loc_shape != scale_shape or len(loc_shape) != 2 or (
+                context_units and shapes[2] != (loc_shape[0], context_units)
+            ):
+                raise ValueError(f"Expected the encoder to output {layout}. Received: shapes {shapes}")
             latent_dim = loc_shape[1]
         elif isinstance(encoder_spec, keras.KerasTensor) and len(encoder_spec.shape) == 2:
             width = encoder_spec.shape[1]
-            if width is None or width % 2:
+            if width is None or width <= context_units or (width - context_units) % 2:
                 raise ValueError(
-                    "Expected a single encoder output of shape (batch, 2 * latent_dim) holding loc "
-                    f"and raw_scale. Received: {_shape_tuple(encoder_spec.shape)}"
+                    f"Expected the encoder to output {layout}. "
+                    f"Received: {_shape_tuple(encoder_spec.shape)}"
                 )
-            latent_dim = width // 2
+            latent_dim = (width - context_units) // 2
         else:
-            raise ValueError(
-                "Expected the encoder to output [loc, raw_scale], two tensors of shape "
-                "(batch, latent_dim), or one tensor of shape (batch, 2 * latent_dim). "
-                f"Received: {encoder_spec}"
-            )
+            raise ValueError(f"Expected the encoder to output {layout}. Received: {encoder_spec}")
         check_latent_dim(latent_dim)
         decoder_spec = decoder.compute_output_spec(keras.KerasTensor((None, latent_dim)))
         if not isinstance(decoder_spec, keras.KerasTensor):
@@ -321,16 +328,49 @@ class VAE(keras.Model):
     def beta(self, value: float):
         self.beta_variable.assign(_check_beta(value))
 
-    def _posterior_parameters(self, images, training):
+    def posterior_parameters(self, images, training: bool = False) -> PosteriorParameters:
+        """The encoder's outputs for `images`: `loc`, `raw_scale` `[B, D]` and `context` `[B, H]`
+        (None without one), what `posterior.sample` takes."""
         outputs = self.encoder(images, training=training)
         if isinstance(outputs, (list, tuple)):
-            return outputs[0], outputs[1]
-        return tf.split(outputs, 2, axis=-1)
+            return PosteriorParameters(*outputs)
+        context_units = self.posterior.context_units
+        if not context_units:
+            return PosteriorParameters(*tf.split(outputs, 2, axis=-1))
+        loc, raw_scale, context = tf.split(
+            outputs, [self.latent_dim, self.latent_dim, context_units], axis=-1
+        )
+        return PosteriorParameters(loc, raw_scale, context)
 
     def encode(self, images, training: bool = False):
-        """Returns q(z|x): a `tfd.MultivariateNormalDiag`, batch `[B]`, event `[latent_dim]`."""
-        loc, raw_scale = self._posterior_parameters(images, training)
-        return posterior_distribution(loc, raw_scale)
+        """Returns the posterior's base Gaussian N(loc, scale), batch `[B]`, event `[latent_dim]`.
+
+        For the diagonal Gaussian posterior (the default) this is q(z|x) itself. For a flow
+        (`iaf`) it is the distribution z_0 is drawn from before the flow steps, not q(z|x): use
+        `posterior_sample` for samples of q(z|x) with their log-densities.
+        """
+        return self.posterior.base_distribution(self.posterior_parameters(images, training))
+
+    def posterior_sample(self, images, num_samples: int = 1, seed=None, training: bool = False):
+        """Draws K reparameterized z ~ q(z|x) per image with their exact log q(z|x).
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            num_samples: int >= 1. K.
+            seed: None (the model's SeedGenerator advances) or a stateless seed, an int32 or
+                int64 tensor of shape `[2]` (the same seed gives the same z).
+            training: bool. Passed to the encoder.
+
+        Returns:
+            `(z, log_q)`: float32 `[K, B, D]` and `[K, B]`.
+        """
+        parameters = self.posterior_parameters(images, training)
+        shape = tf.concat([[num_samples], tf.shape(parameters.loc)], 0)
+        if seed is None:
+            noise = self.draw_noise(shape)
+        else:
+            noise = tf.random.stateless_normal(shape, seed=seed)
+        return self.posterior.sample(parameters, noise)
 
     def decode(self, z, training: bool = False):
         """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
@@ -366,18 +406,23 @@ class VAE(keras.Model):
             The dict of `tfvae.objectives.elbo_terms`: `reconstruction`, `kl`, `elbo`,
             `objective`, each `[B]` float32.
         """
-        posterior = self.encode(images, training=training)
-        noise = self.draw_noise(tf.shape(posterior.mean()))
-        z = reparameterized_sample(posterior, noise)
+        parameters = self.posterior_parameters(images, training)
+        z, log_q = self.posterior.sample(parameters, self.draw_noise(tf.shape(parameters.loc)))
         likelihood = self.decode(z, training=training)
-        return elbo_terms(images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable)
+        return elbo_terms(
+            images, likelihood, self.posterior.distribution(parameters), self.prior_distribution(),
+            z, self.beta_variable, log_q,
+        )
 
     def call(self, inputs, training=False):
-        loc, _ = self._posterior_parameters(inputs, training)
-        return self.likelihood.mean(self.decoder(loc, training=training))
+        z = self.posterior.point(self.posterior_parameters(inputs, training))
+        return self.likelihood.mean(self.decoder(z, training=training))
 
     def reconstruct(self, images, sample_latent: bool = False):
-        """Returns the mean of p(x|z) for z the posterior mean (or a posterior sample).
+        """Returns the mean of p(x|z) for z the posterior's point (or a posterior sample).
+
+        The point is the sample at zero noise: the posterior mean for the diagonal Gaussian, the
+        flow applied to the base mean for `iaf`.
 
         Args:
             images: `[B, H, W, C]` float images.
@@ -388,9 +433,8 @@ class VAE(keras.Model):
         """
         if not sample_latent:
             return self(images, training=False)
-        posterior = self.encode(images)
-        z = reparameterized_sample(posterior, self.draw_noise(tf.shape(posterior.mean())))
-        return self.likelihood.mean(self.decoder(z, training=False))
+        z, _ = self.posterior_sample(images)
+        return self.likelihood.mean(self.decoder(z[0], training=False))
 
     def sample(self, num_samples: int, seed: int | None = None):
         """Draws z from the prior and returns the mean images of p(x|z), `[n, H, W, C]`.
@@ -414,12 +458,9 @@ class VAE(keras.Model):
     # ------------------------------------------------------------------ evaluation
     @tf.function(reduce_retracing=True)
     def _chunk_log_weights(self, images, seed, num_samples):
-        posterior = self.encode(images)
-        shape = tf.concat([[num_samples], tf.shape(posterior.mean())], 0)
-        noise = tf.random.stateless_normal(shape, seed=seed)
-        z = reparameterized_sample(posterior, noise)
+        z, log_q = self.posterior_sample(images, num_samples, seed)
         return log_importance_weights(
-            images, posterior, self.prior_distribution(), lambda flat_z: self.decode(flat_z), z
+            images, None, self.prior_distribution(), lambda flat_z: self.decode(flat_z), z, log_q
         )
 
     def importance_weighted_nll(
@@ -621,6 +662,7 @@ class VAE(keras.Model):
             decoder=keras.saving.serialize_keras_object(self.decoder),
             likelihood=keras.saving.serialize_keras_object(self.likelihood),
             prior=keras.saving.serialize_keras_object(self.prior),
+            posterior=keras.saving.serialize_keras_object(self.posterior),
             objective=keras.saving.serialize_keras_object(self.objective),
             seed=self.seed,
         )
@@ -630,7 +672,7 @@ class VAE(keras.Model):
     def from_config(cls, config):
         # Keras's deserialization consumes nested dicts; keep the caller's config intact.
         config = copy.deepcopy(config)
-        for key in ("encoder", "decoder", "likelihood", "prior", "objective"):
+        for key in ("encoder", "decoder", "likelihood", "prior", "posterior", "objective"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
@@ -648,6 +690,7 @@ def build_conv_vae(
     seed: int | None = None,
     name: str = "vae",
     objective=None,
+    posterior="diagonal_gaussian",
 ) -> VAE:
     """Builds a `VAE` from `build_conv_encoder` and its mirror image `build_conv_decoder`.
 
@@ -656,8 +699,9 @@ def build_conv_vae(
         latent_dim: int >= 1. The size of z.
         filters: the encoder's Conv2D channels; the decoder uses them reversed.
         kernel_size, hidden_units: see `build_conv_encoder`.
-        likelihood, prior, beta, seed, objective: see `VAE`. The decoder's last layer gets the
-            likelihood's `parameters_per_subpixel` outputs per channel.
+        likelihood, prior, beta, seed, objective, posterior: see `VAE`. The decoder's last
+            layer gets the likelihood's `parameters_per_subpixel` outputs per channel; the
+            encoder a context output when the posterior takes one (`context_units`).
         name: the model's name.
 
     Returns:
@@ -668,12 +712,16 @@ def build_conv_vae(
     """
     filters = tuple(filters)
     likelihood = get_likelihood(likelihood)
-    encoder = build_conv_encoder(image_shape, latent_dim, filters, kernel_size, hidden_units)
+    posterior = get_posterior(posterior)
+    encoder = build_conv_encoder(
+        image_shape, latent_dim, filters, kernel_size, hidden_units,
+        context_units=posterior.context_units,
+    )
     decoder = build_conv_decoder(
         latent_dim, image_shape, filters[::-1], kernel_size, hidden_units,
         parameters_per_subpixel=likelihood.parameters_per_subpixel,
     )
     return VAE(
         encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name,
-        objective=objective,
+        objective=objective, posterior=posterior,
     )

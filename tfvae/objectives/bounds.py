@@ -14,27 +14,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+# Re-exported: the diagonal Gaussian lived here before the posterior seam.
+from tfvae.distributions.posteriors import POSTERIOR_MIN_SCALE, posterior_distribution  # noqa: F401
+
 tfd = tfp.distributions
-
-# The posterior's scale is softplus(raw) + this floor: keeps log q(z|x) finite when the encoder
-# drives a scale towards zero.
-POSTERIOR_MIN_SCALE = 1e-5
-
-
-def posterior_distribution(loc, raw_scale) -> tfd.MultivariateNormalDiag:
-    """Builds q(z|x) = N(loc, diag(softplus(raw_scale) + 1e-5)^2).
-
-    Args:
-        loc: float tensor `[B, D]`. The posterior mean.
-        raw_scale: float tensor `[B, D]`. The unconstrained scale the encoder outputs.
-
-    Returns:
-        A `tfd.MultivariateNormalDiag` with batch shape `[B]` and event shape `[D]`, in float32.
-    """
-    loc = tf.cast(loc, tf.float32)
-    scale = tf.nn.softplus(tf.cast(raw_scale, tf.float32)) + POSTERIOR_MIN_SCALE
-    return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
-
 
 def reparameterized_sample(posterior: tfd.MultivariateNormalDiag, noise):
     """z = loc + scale * noise, differentiable in the posterior's parameters.
@@ -49,37 +32,51 @@ def reparameterized_sample(posterior: tfd.MultivariateNormalDiag, noise):
     return posterior.mean() + posterior.stddev() * tf.cast(noise, tf.float32)
 
 
-def kl_divergence(posterior: tfd.Distribution, prior: tfd.Distribution, z=None):
+def kl_divergence(posterior: tfd.Distribution | None, prior: tfd.Distribution, z=None, log_q=None):
     """KL(q(z|x) || p(z)) per example, shape `[B]`.
 
     Analytic where TensorFlow Probability registers it (a Gaussian posterior against a Gaussian
     prior); otherwise the single-sample Monte-Carlo estimate log q(z|x) - log p(z) at `z`, which
     is unbiased and keeps learned priors without a closed form usable.
 
+    Args:
+        posterior: q(z|x), batch shape `[B]`, event shape `[D]`; None for a posterior known only
+            through its samples (a flow), with `log_q` given.
+        prior: p(z), event shape `[D]`.
+        z: a sample of q(z|x), `[B, D]`.
+        log_q: log q(z|x) at `z`, `[B]`, as the posterior returned it with the sample. Without
+            it the Monte-Carlo estimate evaluates `posterior.log_prob(z)`.
+
     Raises:
-        ValueError: no closed form exists and no `z` was given.
+        ValueError: no closed form exists and no `z` was given (or neither a posterior nor log_q).
     """
-    try:
-        return tfd.kl_divergence(posterior, prior)
-    except NotImplementedError:
-        if z is None:
-            raise ValueError(
-                f"KL({type(posterior).__name__} || {type(prior).__name__}) has no closed form; "
-                "pass the sample z for a Monte-Carlo estimate."
-            ) from None
-        return posterior.log_prob(z) - prior.log_prob(z)
+    if posterior is not None:
+        try:
+            return tfd.kl_divergence(posterior, prior)
+        except NotImplementedError:
+            pass
+    if z is None or (posterior is None and log_q is None):
+        raise ValueError(
+            f"KL({type(posterior).__name__} || {type(prior).__name__}) has no closed form; "
+            "pass the sample z (and log_q without a posterior) for a Monte-Carlo estimate."
+        )
+    if log_q is None:
+        log_q = posterior.log_prob(z)
+    return log_q - prior.log_prob(z)
 
 
-def elbo_terms(x, likelihood: tfd.Distribution, posterior, prior, z, beta=1.0) -> dict:
+def elbo_terms(x, likelihood: tfd.Distribution, posterior, prior, z, beta=1.0, log_q=None) -> dict:
     """The per-example terms of the (beta-weighted) evidence lower bound.
 
     Args:
         x: data `[B, ...]`.
         likelihood: p(x|z) at the sampled z, batch shape `[B]`, event shape `x.shape[1:]`.
-        posterior: q(z|x), batch shape `[B]`, event shape `[D]`.
+        posterior: q(z|x), batch shape `[B]`, event shape `[D]`, or None (a flow; see `log_q`).
         prior: p(z), event shape `[D]`.
         z: the reparameterized sample `[B, D]` the likelihood was computed at.
         beta: scalar weight of the KL term in the training objective.
+        log_q: log q(z|x) at `z`, `[B]`, from the posterior's sampler: the KL's Monte-Carlo
+            estimate uses it when there is no closed form.
 
     Returns:
         A dict of float32 tensors of shape `[B]`:
@@ -89,7 +86,7 @@ def elbo_terms(x, likelihood: tfd.Distribution, posterior, prior, z, beta=1.0) -
           `objective`: log p(x|z) - beta * kl, what training maximizes.
     """
     reconstruction = -likelihood.log_prob(tf.cast(x, tf.float32))
-    kl = kl_divergence(posterior, prior, z)
+    kl = kl_divergence(posterior, prior, z, log_q)
     beta = tf.cast(beta, tf.float32)
     return {
         "reconstruction": reconstruction,
@@ -99,20 +96,23 @@ def elbo_terms(x, likelihood: tfd.Distribution, posterior, prior, z, beta=1.0) -
     }
 
 
-def log_importance_weights(x, posterior, prior, likelihood_fn, z):
+def log_importance_weights(x, posterior, prior, likelihood_fn, z, log_q=None):
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K samples per example.
 
     Args:
         x: data `[B, ...]`.
-        posterior: q(z|x), batch shape `[B]`, event shape `[D]`.
+        posterior: q(z|x), batch shape `[B]`, event shape `[D]`, or None when `log_q` is given.
         prior: p(z), event shape `[D]`.
         likelihood_fn: maps z `[K * B, D]` to p(x|z) with batch shape `[K * B]`.
         z: samples of q(z|x), `[K, B, D]`.
+        log_q: log q(z_k|x) `[K, B]` as drawn with `z` (a flow's); else `posterior.log_prob(z)`.
 
     Returns:
         float32 `[K, B]`.
     """
-    return _log_likelihoods(x, likelihood_fn, z) + prior.log_prob(z) - posterior.log_prob(z)
+    if log_q is None:
+        log_q = posterior.log_prob(z)
+    return _log_likelihoods(x, likelihood_fn, z) + prior.log_prob(z) - log_q
 
 
 def _log_likelihoods(x, likelihood_fn, z):
@@ -180,7 +180,9 @@ def free_bits_kl(kl_per_dim, free_bits, mean_kl_per_dim):
 GRADIENT_ESTIMATORS = ("standard", "dreg")
 
 
-def importance_weighted_bound(x, posterior, prior, likelihood_fn, noise, gradient_estimator="standard"):
+def importance_weighted_bound(
+    x, posterior, prior, likelihood_fn, noise, gradient_estimator="standard", sample=None
+):
     """The importance-weighted bound of Burda et al. (2015) per example, with K samples.
 
     IWAE_K(x) = log (1/K) sum_k w_k, w_k = p(x|z_k) p(z_k) / q(z_k|x), z_k = loc + scale * noise_k.
@@ -202,6 +204,9 @@ def importance_weighted_bound(x, posterior, prior, likelihood_fn, noise, gradien
         likelihood_fn: maps z `[K * B, D]` to p(x|z) with batch shape `[K * B]`.
         noise: standard normal `[K, B, D]`.
         gradient_estimator: "standard" or "dreg".
+        sample: None, or `(z, log_q)` (`[K, B, D]`, `[K, B]`) drawn from `noise` by a
+            `tfvae.distributions.Posterior` (a flow's, with `posterior` None): used instead of
+            z = loc + scale * noise. Only with the standard estimator unless q is the Gaussian.
 
     Returns:
         `(bound, log_likelihoods)`: float32 `[B]` and log p(x|z_k) `[K, B]`.
@@ -214,16 +219,22 @@ def importance_weighted_bound(x, posterior, prior, likelihood_fn, noise, gradien
             f"Expected gradient_estimator in {list(GRADIENT_ESTIMATORS)}. "
             f"Received: gradient_estimator={gradient_estimator!r}"
         )
-    z = reparameterized_sample(posterior, noise)
+    if sample is not None:
+        z, log_q = sample
+    else:
+        z = reparameterized_sample(posterior, noise)
+        log_q = None
     log_num_samples = tf.math.log(tf.cast(tf.shape(z)[0], tf.float32))
     if gradient_estimator == "standard":
         log_likelihoods = _log_likelihoods(x, likelihood_fn, z)
-        log_weights = log_likelihoods + prior.log_prob(z) - posterior.log_prob(z)
+        log_weights = log_likelihoods + prior.log_prob(z) - (
+            posterior.log_prob(z) if log_q is None else log_q
+        )
         return tf.reduce_logsumexp(log_weights, axis=0) - log_num_samples, log_likelihoods
     if not isinstance(posterior, tfd.MultivariateNormalDiag):
         raise ValueError(
             "Expected a diagonal Gaussian posterior for the DReG estimator (log q(z|x) with the "
-            f"encoder held fixed). Received: {type(posterior).__name__}"
+            f"encoder held fixed). Received: {type(posterior).__name__ if posterior is not None else 'a flow'}"
         )
     held_posterior = tfd.MultivariateNormalDiag(
         tf.stop_gradient(posterior.mean()), tf.stop_gradient(posterior.stddev())

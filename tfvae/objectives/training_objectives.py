@@ -11,6 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfvae.distributions.posteriors import PosteriorParameters
 from tfvae.objectives.bounds import (
     GRADIENT_ESTIMATORS,
     elbo_terms,
@@ -18,8 +19,6 @@ from tfvae.objectives.bounds import (
     importance_weighted_bound,
     kl_divergence,
     kl_per_dimension,
-    posterior_distribution,
-    reparameterized_sample,
 )
 from tfvae.schedules import get_kl_schedule
 
@@ -119,17 +118,24 @@ class ELBO(Objective):
 
     def check_model(self, vae):
         if self.free_bits > 0:
-            placeholder = posterior_distribution(tf.zeros([1, vae.latent_dim]), tf.zeros([1, vae.latent_dim]))
+            if not vae.posterior.factorized:
+                raise ValueError(
+                    "Free bits need a per-dimension KL: expected a posterior that factorizes "
+                    f"(diagonal_gaussian). Received: {type(vae.posterior).__name__}"
+                )
+            latent_zeros = tf.zeros([1, vae.latent_dim])
+            placeholder = vae.posterior.base_distribution(PosteriorParameters(latent_zeros, latent_zeros))
             try:
                 kl_per_dimension(placeholder, vae.prior_distribution())
             except ValueError as error:
                 raise ValueError(f"Free bits need a per-dimension KL. {error}") from None
 
     def __call__(self, vae, images, beta, training):
-        posterior = vae.encode(images, training=training)
-        z = reparameterized_sample(posterior, vae.draw_noise(tf.shape(posterior.mean())))
+        parameters = vae.posterior_parameters(images, training=training)
+        z, log_q = vae.posterior.sample(parameters, vae.draw_noise(tf.shape(parameters.loc)))
+        posterior = vae.posterior.distribution(parameters)
         prior = vae.prior_distribution()
-        terms = elbo_terms(images, vae.decode(z, training=training), posterior, prior, z, beta)
+        terms = elbo_terms(images, vae.decode(z, training=training), posterior, prior, z, beta, log_q)
         if self.free_bits == 0:
             return -terms["objective"], terms
         kl_per_dim = kl_per_dimension(posterior, prior)
@@ -176,18 +182,27 @@ class IWAE(Objective):
         self.num_samples = num_samples
         self.gradient_estimator = gradient_estimator
 
+    def check_model(self, vae):
+        if self.gradient_estimator == "dreg" and not vae.posterior.factorized:
+            raise ValueError(
+                "DReG re-evaluates log q(z|x) at a given z: expected the diagonal_gaussian "
+                f"posterior. Received: {type(vae.posterior).__name__}"
+            )
+
     def __call__(self, vae, images, beta, training):
         del beta
-        posterior = vae.encode(images, training=training)
-        noise = vae.draw_noise(tf.concat([[self.num_samples], tf.shape(posterior.mean())], 0))
+        parameters = vae.posterior_parameters(images, training=training)
+        noise = vae.draw_noise(tf.concat([[self.num_samples], tf.shape(parameters.loc)], 0))
+        z, log_q = vae.posterior.sample(parameters, noise)
+        posterior = vae.posterior.distribution(parameters)
         prior = vae.prior_distribution()
         bound, log_likelihoods = importance_weighted_bound(
-            images, posterior, prior, lambda z: vae.decode(z, training=training), noise,
-            self.gradient_estimator,
+            images, posterior, prior, lambda flat_z: vae.decode(flat_z, training=training), noise,
+            self.gradient_estimator, sample=(z, log_q),
         )
         # The reported ELBO: the first sample's reconstruction and the KL, as ELBO reports them.
         reconstruction = -log_likelihoods[0]
-        kl = kl_divergence(posterior, prior, reparameterized_sample(posterior, noise[0]))
+        kl = kl_divergence(posterior, prior, z[0], log_q[0])
         terms = {"reconstruction": reconstruction, "kl": kl, "elbo": -reconstruction - kl}
         return -bound, terms
 
