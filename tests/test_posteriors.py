@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
+from conftest import run_cli
 
 import tfvae
 from tfvae.config import POSTERIOR_NAMES
@@ -244,3 +247,88 @@ def test_iaf_importance_weighted_nll_is_unbiased_at_k1_and_falls_with_k(trained_
     k1_per_image = vae.importance_weighted_nll(images, num_samples=1, seed=2)
     margin = 5 * np.std(k1_per_image - k100) / math.sqrt(len(images))
     assert k100.mean() < k1_per_image.mean() - margin, (k100.mean(), k1_per_image.mean(), margin)
+
+
+# --------------------------------------------------------------------------- the export
+@pytest.fixture(scope="module", params=["diagonal_gaussian", "iaf"])
+def exported(request, digits, tmp_path_factory):
+    """`(vae, loaded export, test images)` of a briefly trained model of each posterior."""
+    (train_images, _), (val_images, _) = digits
+    keras.utils.set_random_seed(0)
+    posterior = get_posterior(request.param, **({"context_units": 4, "hidden_units": 16} if request.param == "iaf" else {}))
+    vae = tfvae.build_conv_vae((8, 8, 1), latent_dim=3, filters=(16,), hidden_units=64, posterior=posterior, seed=0)
+    vae.compile(optimizer=keras.optimizers.Adam(3e-3))
+    vae.fit((train_images > 0.5).astype("float32"), epochs=5, batch_size=32, verbose=0)
+    path = tfvae.export_saved_model(vae, tmp_path_factory.mktemp(request.param) / "export")
+    return vae, tf.saved_model.load(str(path)), path, (val_images[:16] > 0.5).astype("float32")
+
+
+def test_export_endpoints_equal_the_keras_models(exported):
+    vae, loaded, path, images = exported
+    seed = tf.bitcast(tf.constant(7, tf.int64), tf.int32)
+    z, log_q = vae.posterior_sample(images, 5, seed=seed)
+    sampled = loaded.posterior_sample(images, num_samples=5, seed=7)
+    np.testing.assert_allclose(sampled["z"], z, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(sampled["log_q"], log_q, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        loaded.prior_log_prob(z)["log_prob"], vae.prior_distribution().log_prob(z), rtol=1e-5, atol=1e-4
+    )
+    expected = tf.reshape(
+        vae.decode(tf.reshape(z, [-1, 3])).log_prob(np.tile(images, (5, 1, 1, 1))), [5, len(images)]
+    )
+    np.testing.assert_allclose(loaded.log_likelihood(images, z)["log_likelihood"], expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(loaded.reconstruct(images)["images"], vae(images), rtol=1e-5, atol=1e-4)
+    # The ELBO endpoint's noise is posterior_sample's first draw (K = 1).
+    elbo = loaded.elbo(images, 7)
+    z1, log_q1 = vae.posterior_sample(images, 1, seed=seed)
+    expected_kl = (
+        log_q1[0] - vae.prior_distribution().log_prob(z1[0]) if not vae.posterior.factorized
+        else tfp.distributions.kl_divergence(vae.encode(images), vae.prior_distribution())
+    )
+    np.testing.assert_allclose(elbo["kl"], expected_kl, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(elbo["reconstruction"], -vae.decode(z1[0]).log_prob(images), rtol=1e-5, atol=1e-4)
+    metadata = tfvae.export.read_metadata(path)
+    assert metadata["posterior"] == tfvae.distributions.posterior_name(vae.posterior)
+    assert metadata["posterior_settings"] == vae.posterior.settings()
+    assert (metadata["prior"], metadata["prior_settings"]) == ("standard_normal", {})
+    assert metadata["likelihood"] == "bernoulli"
+    assert {"posterior_sample", "prior_log_prob", "log_likelihood"} <= set(metadata["endpoints"])
+
+
+def test_tf_only_importance_weights_match_the_models_importance_weighted_nll(exported):
+    vae, loaded, _, images = exported
+    num_samples = 200
+    sampled = loaded.posterior_sample(images, num_samples=num_samples, seed=11)
+    log_weights = (
+        loaded.log_likelihood(images, sampled["z"])["log_likelihood"]
+        + loaded.prior_log_prob(sampled["z"])["log_prob"]
+        - sampled["log_q"]
+    ).numpy().astype(np.float64)
+    exported_nll = -(np.logaddexp.reduce(log_weights, axis=0) - math.log(num_samples))
+    model_nll = vae.importance_weighted_nll(images, num_samples=num_samples, seed=3)
+    # Other noise, the same estimator: the per-image estimates of K = 200 differ by Monte-Carlo
+    # noise only. Tolerance: 4 standard errors of the mean difference, plus 0.05 nats.
+    difference = exported_nll - model_nll
+    tolerance = 4 * np.std(difference) / math.sqrt(len(images)) + 0.05
+    assert abs(difference.mean()) < tolerance, (exported_nll.mean(), model_nll.mean(), tolerance)
+    # A sanity check that the estimate is one of -log p(x): below the one-sample -ELBO.
+    assert model_nll.mean() < -vae.compute_elbo_terms(images)["elbo"].numpy().mean() + 1.0
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_trains_an_iaf_model_and_refuses_free_bits_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    completed = run_cli("train", "--posterior", "iaf", "--iaf-steps", "3", "--iaf-context-units", "5",
+                        "--epochs", "1", "--filters", "8", "--hidden-units", "16", "--latent-dim", "2",
+                        "--run-dir", run_dir, "--quiet")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["posterior"], saved["iaf_steps"], saved["iaf_context_units"]) == ("iaf", 3, 5)
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert type(model.posterior) is IAFPosterior
+    assert (model.posterior.steps, model.posterior.context_units) == (3, 5)
+    refused = run_cli("train", "--posterior", "iaf", "--free-bits", "0.5", "--run-dir", tmp_path / "refused")
+    assert refused.returncode == 2
+    assert "Expected no free_bits with posterior 'iaf'" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()

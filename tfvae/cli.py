@@ -27,6 +27,7 @@ from tfvae.config import (
     DATA_FIELDS,
     LIKELIHOOD_NAMES,
     MIXED_PRECISION_POLICIES,
+    POSTERIOR_NAMES,
     STRATEGY_NAMES,
     TrainConfig,
 )
@@ -85,6 +86,9 @@ _TRAIN_SETTINGS = (
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
     ("--likelihood", dict(choices=sorted(LIKELIHOOD_NAMES), help="p(x|z): bernoulli (data in [0, 1]), gaussian, gaussian_predicted_scale, continuous_bernoulli; for 8-bit images categorical or discretized_logistic (see README, Likelihoods) (default: %(default)s)")),
     ("--likelihood-components", dict(type=_positive_int, help="M, the logistics per sub-pixel of --likelihood discretized_logistic (default: 5)")),
+    ("--posterior", dict(choices=sorted(POSTERIOR_NAMES), help="q(z|x): diagonal_gaussian, or iaf, an inverse autoregressive flow on it (Monte-Carlo KL; no --free-bits or dreg) (see README, Posteriors) (default: %(default)s)")),
+    ("--iaf-steps", dict(type=_positive_int, metavar="T", help="flow steps of --posterior iaf (default: 2)")),
+    ("--iaf-context-units", dict(type=_positive_int, metavar="H", help="width of the context the encoder gives --posterior iaf (default: 16)")),
     ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
     # The training objective (see README "Training objectives").
     ("--kl-schedule", dict(choices=["constant", "linear", "cyclical"], help="beta over training: constant, linear warm-up from 0 over --kl-warmup epochs, or cyclical annealing with cycles of --kl-cycle epochs (default: %(default)s)")),
@@ -368,7 +372,16 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 #: The flags of `train` that `tune` keeps fixed for every trial.
-_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--beta", "--batch-size", "--learning-rate", "--seed")
+_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--posterior", "--iaf-steps", "--iaf-context-units", "--beta", "--batch-size", "--learning-rate", "--seed")
+
+
+def _posterior_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names or any(name not in POSTERIOR_NAMES for name in names):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated names among {','.join(POSTERIOR_NAMES)}, received '{text}'"
+        )
+    return names
 
 
 def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:
@@ -400,6 +413,7 @@ def _add_tune_command(subparsers) -> None:
     parser.add_argument("--learning-rates", type=_float_list, help="candidate learning rates, comma-separated (default: --learning-rate only)")
     parser.add_argument("--betas", type=lambda text: _float_list(text, allow_zero=True), help="candidate KL weights, comma-separated (default: --beta only)")
     parser.add_argument("--batch-sizes", type=_int_list, help="candidate batch sizes, comma-separated (default: --batch-size only)")
+    parser.add_argument("--posteriors", type=_posterior_list, help=f"candidate posteriors, comma-separated, among {','.join(POSTERIOR_NAMES)} (default: --posterior only)")
     for flag, options in _TRAIN_SETTINGS:
         if flag in _TUNE_FIXED_SETTINGS:
             parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
@@ -417,6 +431,7 @@ def _run_tune(args) -> int:
     config = TuningConfig(
         train=train, latent_dims=args.latent_dims, max_trials=args.max_trials, tuner=args.tuner,
         learning_rates=args.learning_rates, betas=args.betas, batch_sizes=args.batch_sizes,
+        posteriors=args.posteriors,
     )
     if train.run_dir is None:  # named now, so an interruption can say where to resume
         config.train.run_dir = str(default_run_dir(config))

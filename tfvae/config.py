@@ -274,7 +274,8 @@ def check_objective_settings(config) -> None:
     """Raises ValueError for a bad objective setting of a TrainConfig, or a refused combination.
 
     The importance-weighted bound (iw_samples > 1) has no separate KL term, so beta != 1, a KL
-    schedule and free bits are refused with it; DReG is an estimator for iw_samples > 1.
+    schedule and free bits are refused with it; DReG is an estimator for iw_samples > 1. With
+    posterior "iaf" free bits and DReG are refused (q(z|x) neither factorizes nor is re-evaluable).
     """
     if config.kl_schedule not in KL_SCHEDULES:
         raise ValueError(f"Expected kl_schedule in {list(KL_SCHEDULES)}. Received: kl_schedule={config.kl_schedule!r}")
@@ -316,6 +317,18 @@ def check_objective_settings(config) -> None:
             "Expected iw_samples > 1 with gradient_estimator='dreg' (an estimator of the importance-weighted "
             f"bound's gradient). Received: iw_samples={config.iw_samples}"
         )
+    if getattr(config, "posterior", "diagonal_gaussian") == "iaf":
+        # q(z|x) of a flow neither factorizes over dimensions nor can be re-evaluated at a given z.
+        if config.free_bits > 0:
+            raise ValueError(
+                "Expected no free_bits with posterior 'iaf' (free bits need a per-dimension KL). "
+                f"Received: free_bits={config.free_bits!r}"
+            )
+        if config.gradient_estimator == "dreg":
+            raise ValueError(
+                "Expected gradient_estimator 'standard' with posterior 'iaf' (DReG re-evaluates log q(z|x) "
+                "at a given z). Received: gradient_estimator='dreg'"
+            )
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tfvae import pictures
 from tfvae.data.pipeline import source_short_name
-from tfvae.distributions import get_likelihood, likelihood_name
+from tfvae.distributions import get_likelihood, get_posterior, likelihood_name, posterior_name
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_vae
@@ -94,6 +94,10 @@ class VAEHyperModel(keras_tuner.HyperModel):
             likelihoods (categorical, discretized_logistic) on 8-bit data, or the continuous
             ones on the same (dequantized) data.
         likelihood_components: int or None. M of the "discretized_logistic" candidate (None: 5).
+        posterior: a name in `tfvae.distributions.POSTERIORS`, or a sequence of candidate names
+            ("diagonal_gaussian", "iaf"); "iaf" is refused with free bits > 0 or DReG.
+        posterior_settings: dict or None. Constructor arguments of the "iaf" candidate
+            (`steps`, `context_units`, ...).
         learning_rates: floats > 0. Candidate learning rates of Adam.
         betas: floats >= 0. Candidate weights of the KL term.
         free_bits: floats >= 0. Candidate free bits (nats per latent dimension; 0 is off).
@@ -125,6 +129,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         likelihood: str | Sequence[str] = "bernoulli",
         likelihood_components: int | None = None,
         learning_rates: Sequence[float] = (1e-3,),
+        posterior: str | Sequence[str] = "diagonal_gaussian",
+        posterior_settings: dict | None = None,
         betas: Sequence[float] = (1.0,),
         free_bits: Sequence[float] = (0.0,),
         iw_samples: Sequence[int] = (1,),
@@ -175,6 +181,22 @@ class VAEHyperModel(keras_tuner.HyperModel):
             )
         for name in self.likelihoods:
             self._likelihood(name)
+        names = (posterior,) if isinstance(posterior, str) else tuple(posterior)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"Expected posterior to be a name or a sequence of names. Received: posterior={posterior!r}")
+        self.posterior_settings = dict(posterior_settings or {})
+        self.posteriors = tuple(posterior_name(self._posterior(name)) for name in names)  # raises on unknown names
+        flows = [name for name in self.posteriors if not self._posterior(name).factorized]
+        if flows and (max(self.free_bits) > 0 or self.gradient_estimator == "dreg"):
+            raise ValueError(
+                f"Expected no free bits and no DReG with the posterior(s) {flows}: free bits need a "
+                "per-dimension KL, DReG a re-evaluable log q(z|x). Received: "
+                f"free_bits={list(self.free_bits)}, gradient_estimator={self.gradient_estimator!r}"
+            )
+
+    def _posterior(self, name: str):
+        """The posterior `name`, with `posterior_settings` when it is not the diagonal Gaussian."""
+        return get_posterior(name, **(self.posterior_settings if name != "diagonal_gaussian" else {}))
 
     def _likelihood(self, name: str):
         """The likelihood `name`, with `likelihood_components` when it takes them."""
@@ -231,6 +253,7 @@ class VAEHyperModel(keras_tuner.HyperModel):
             likelihood=likelihood,
             objective=self._training_objective(hp),
             seed=self.seed,
+            posterior=self._posterior(self._pick(hp, "posterior", self.posteriors)),
         )
         vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
         # Built now, so that loading a trial's checkpoint restores the optimizer's state too.
@@ -332,6 +355,8 @@ class TuningConfig:
         learning_rates, betas, free_bits, iw_samples, batch_sizes: tuples of candidates, or None
             to keep the `train` value fixed (K > 1 trains `tfvae.objectives.IWAE` with the
             train's `gradient_estimator`).
+        posteriors: tuple of posterior names, or None to keep `train.posterior`; the "iaf"
+            candidate takes `train.iaf_steps` and `train.iaf_context_units`.
     """
 
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -343,11 +368,12 @@ class TuningConfig:
     batch_sizes: tuple[int, ...] | None = None
     free_bits: tuple[float, ...] | None = None
     iw_samples: tuple[int, ...] | None = None
+    posteriors: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
-        for name in ("latent_dims", "learning_rates", "betas", "batch_sizes", "free_bits", "iw_samples"):
+        for name in ("latent_dims", "learning_rates", "betas", "batch_sizes", "free_bits", "iw_samples", "posteriors"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         if self.tuner not in TUNERS:
@@ -363,6 +389,12 @@ class TuningConfig:
             latent_dims=self.latent_dims,
             likelihood=train.likelihood,
             likelihood_components=train.likelihood_components,
+            posterior=self.posteriors or (train.posterior,),
+            posterior_settings={
+                key: value for key, value in
+                (("steps", train.iaf_steps), ("context_units", train.iaf_context_units))
+                if value is not None
+            },
             learning_rates=self.learning_rates or (train.learning_rate,),
             betas=self.betas or (train.beta,),
             free_bits=self.free_bits or (train.free_bits,),
