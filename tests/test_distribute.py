@@ -182,6 +182,21 @@ def test_one_step_of_another_objective_under_two_replicas_equals_one_device(obje
 
 
 @pytest.mark.slow
+def test_one_step_of_an_iaf_model_under_two_replicas_equals_one_device():
+    # 7 examples over 2 replicas ([4, 3]); the flow's MADE weights are trained too.
+    result = run_script("mirrored_checks.py", "one-step", "--replicas", 2, "--batch-size", 7,
+                        "--posterior", "iaf")
+    assert any("step_0_gate" in name for name in result["weight_changes"]), sorted(result["weight_changes"])
+    assert all(change > 1e-4 for change in result["weight_changes"].values()), result
+    for name, difference in result["weight_differences"].items():
+        assert difference < 1e-5, (name, difference)
+    for name in ("loss", "elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose(
+            result["mirrored_logs"][name], result["single_logs"][name], rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.slow
 def test_loss_curves_under_two_replicas_match_one_device():
     result = run_script("mirrored_checks.py", "curves", "--replicas", 2, "--epochs", 3)
     single, mirrored = result["single"], result["mirrored"]

@@ -18,7 +18,10 @@ import tfvae
 from tfvae import export
 from tfvae.training import TrainConfig, train
 
-ENDPOINT_NAMES = ("encode", "embed", "decode", "sample", "reconstruct", "elbo")
+ENDPOINT_NAMES = (
+    "encode", "embed", "decode", "sample", "reconstruct", "elbo", "posterior_sample", "prior_log_prob",
+    "log_likelihood",
+)
 
 
 def _color_digits(images, seed=0):

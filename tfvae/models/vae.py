@@ -183,7 +183,7 @@ class VAE(keras.Model):
         layout = (
             f"{expected_outputs}: tensors of shape (batch, latent_dim)"
             + (f" and (batch, {context_units}) for the context" if context_units else "")
-            + f", or one tensor of shape (batch, 2 * latent_dim + {context_units})"
+            + f", or one tensor of shape (batch, 2 * latent_dim{f' + {context_units}' if context_units else ''})"
             + f" for the {type(self.posterior).__name__}"
         )
         if isinstance(encoder_spec, (list, tuple)) and len(encoder_spec) == (3 if context_units else 2):
