@@ -6,6 +6,7 @@ import json
 import math
 
 import keras
+import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,7 +14,7 @@ import tensorflow_probability as tfp
 from conftest import run_cli
 
 import tfvae
-from tfvae.config import POSTERIOR_NAMES
+from tfvae.config import POSTERIOR_NAMES, TrainConfig
 from tfvae.distributions import (
     POSTERIORS,
     IAFPosterior,
@@ -21,6 +22,8 @@ from tfvae.distributions import (
     get_posterior,
 )
 from tfvae.objectives import ELBO, IWAE
+from tfvae.training import config_posterior
+from tfvae.tuning import TuningConfig, VAEHyperModel
 
 
 def _iaf(latent_dim=3, steps=2, context_units=4, hidden_units=8, seed=0):
@@ -332,3 +335,24 @@ def test_cli_trains_an_iaf_model_and_refuses_free_bits_in_one_line(tmp_path):
     assert "Expected no free_bits with posterior 'iaf'" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "refused").exists()
+
+
+def test_config_and_tuner_take_the_posterior():
+    config = TrainConfig(posterior="iaf", iaf_steps=3)
+    assert config_posterior(config).steps == 3
+    with pytest.raises(ValueError, match="Expected iaf_steps only with posterior 'iaf'"):
+        TrainConfig(iaf_steps=3)
+    with pytest.raises(ValueError, match="Expected gradient_estimator 'standard' with posterior 'iaf'"):
+        TrainConfig(posterior="iaf", iw_samples=5, gradient_estimator="dreg")
+    hypermodel = VAEHyperModel(
+        (8, 8, 1), latent_dims=(2,), filters=((4,),), posterior=("diagonal_gaussian", "iaf"),
+        posterior_settings={"steps": 3},
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("posterior", "iaf")
+    vae = hypermodel.build(hp)
+    assert type(vae.posterior) is IAFPosterior and vae.posterior.steps == 3
+    with pytest.raises(ValueError, match=r"Expected no free bits and no DReG with the posterior\(s\) \['iaf'\]"):
+        VAEHyperModel((8, 8, 1), filters=((4,),), posterior="iaf", free_bits=(0.0, 1.0))
+    tuning = TuningConfig(train=TrainConfig(posterior="iaf", iaf_context_units=4), posteriors=("iaf",))
+    assert tuning.hypermodel((8, 8, 1)).posterior_settings == {"context_units": 4}
