@@ -190,7 +190,7 @@ def test_cli_trains_with_a_warmup_and_logs_beta(tmp_path, capsys):
     config_file = tmp_path / "settings.json"
     config_file.write_text(json.dumps({"kl_schedule": "linear", "kl_warmup": 1.5, "beta": 0.5}))
     status, _ = _main(capsys, "train", "--config", config_file, "--epochs", "2", "--filters", "8",
-                      "--run-dir", run_dir, "--quiet")
+                      "--batch-size", "64", "--run-dir", run_dir, "--quiet")
     assert status == 0
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["kl_schedule"], saved["kl_warmup"], saved["beta"]) == ("linear", 1.5, 0.5)
@@ -216,7 +216,8 @@ def test_resume_after_sigkill_mid_warmup_continues_the_schedule_exactly(tmp_path
     epochs, warmup = 8, 6
     process = subprocess.Popen(
         [sys.executable, "-m", "tfvae", "train", "--epochs", str(epochs), "--run-dir", str(run_dir), "--quiet",
-         "--filters", "64,128", "--hidden-units", "256", "--kl-schedule", "linear", "--kl-warmup", str(warmup)],
+         "--filters", "64,128", "--hidden-units", "256", "--batch-size", "64", "--kl-schedule", "linear",
+         "--kl-warmup", str(warmup)],
         env=cli_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
