@@ -18,7 +18,15 @@ from tfvae.distributions.likelihoods import (
     get_likelihood,
     likelihood_name,
 )
-from tfvae.distributions.priors import PRIORS, Prior, StandardNormalPrior, get_prior
+from tfvae.distributions.priors import (
+    PRIORS,
+    MixturePrior,
+    Prior,
+    StandardNormalPrior,
+    VampPrior,
+    get_prior,
+    prior_name,
+)
 
 __all__ = [
     "LIKELIHOODS",
@@ -31,9 +39,12 @@ __all__ = [
     "GaussianPredictedScaleLikelihood",
     "IndependentSubpixels",
     "Likelihood",
+    "MixturePrior",
     "Prior",
     "StandardNormalPrior",
+    "VampPrior",
     "get_likelihood",
     "get_prior",
     "likelihood_name",
+    "prior_name",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
@@ -64,7 +65,10 @@ class VAE(keras.Model):
             `tfvae.distributions.LIKELIHOODS`: `"bernoulli"` (logits; data in [0, 1]),
             `"gaussian"` (mean from the decoder, learned per-channel scale), and the others
             listed in the README's "Likelihoods" section.
-        prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
+        prior: str or `tfvae.distributions.Prior`. A name in `tfvae.distributions.PRIORS`:
+            `"standard_normal"` (N(0, I), the default), `"mixture"` (a learned mixture of
+            Gaussians) or `"vamp"` (the VampPrior); `tfvae.distributions.get_prior(name,
+            components=K)` sets their sizes. See the README's "Priors" section.
         beta: float >= 0 or None. Weight of the KL term in training, short for
             `objective=tfvae.objectives.ELBO(beta=beta)`. It is kept in a non-trainable
             variable, `vae.beta`, so callbacks can anneal it during `fit`
@@ -143,6 +147,8 @@ class VAE(keras.Model):
         # (A deserialized likelihood or prior may come built already.)
         if not self.likelihood.built:
             self.likelihood.build((None, *self.image_shape))
+        self._use_evaluation_prior = False
+        self.prior.configure(self.image_shape)
         if not self.prior.built:
             self.prior.build((self.latent_dim,))
         self.build((None, *self.image_shape))
@@ -332,13 +338,43 @@ class VAE(keras.Model):
         loc, raw_scale = self._posterior_parameters(images, training)
         return posterior_distribution(loc, raw_scale)
 
+    def encode_base(self, images, training: bool = False):
+        """Returns the encoder's diagonal Gaussian for `images`, batch `[B]`, event `[latent_dim]`.
+
+        The components of the VampPrior: with today's posterior this is q(z|x) itself (with a
+        flow posterior it would be the Gaussian before the flow).
+        """
+        loc, raw_scale = self._posterior_parameters(images, training)
+        return posterior_distribution(loc, raw_scale)
+
     def decode(self, z, training: bool = False):
         """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
         return self.likelihood.distribution(self.decoder(z, training=training))
 
     def prior_distribution(self):
-        """Returns p(z), event shape `[latent_dim]`."""
-        return self.prior.distribution(self.latent_dim)
+        """Returns p(z), event shape `[latent_dim]`.
+
+        A prior built from the encoder (the VampPrior) encodes its pseudo-inputs here, with the
+        current weights; inside `evaluate` and `importance_weighted_nll` it reuses the
+        components computed once at the start of the call (`_evaluation_prior`).
+        """
+        if self._use_evaluation_prior:
+            return self.prior.evaluation_distribution(self.latent_dim)
+        return self.prior.distribution(self.latent_dim, encode=self.encode_base)
+
+    def _prepare_evaluation_prior(self):
+        """Computes the prior's encoder-dependent parts once, for one evaluation call."""
+        self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+
+    @contextlib.contextmanager
+    def _evaluation_prior(self):
+        """While tracing an evaluation step, `prior_distribution` reads the prepared prior."""
+        previous = self._use_evaluation_prior
+        self._use_evaluation_prior = True
+        try:
+            yield
+        finally:
+            self._use_evaluation_prior = previous
 
     def draw_noise(self, shape):
         """Standard normal noise for the reparameterization, from the model's SeedGenerator.
@@ -418,8 +454,10 @@ class VAE(keras.Model):
         shape = tf.concat([[num_samples], tf.shape(posterior.mean())], 0)
         noise = tf.random.stateless_normal(shape, seed=seed)
         z = reparameterized_sample(posterior, noise)
+        with self._evaluation_prior():
+            prior = self.prior_distribution()
         return log_importance_weights(
-            images, posterior, self.prior_distribution(), lambda flat_z: self.decode(flat_z), z
+            images, posterior, prior, lambda flat_z: self.decode(flat_z), z
         )
 
     def importance_weighted_nll(
@@ -461,13 +499,19 @@ class VAE(keras.Model):
         self.check_data(data, "data")
         if not isinstance(data, tf.data.Dataset):
             data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        self._prepare_evaluation_prior()
+        # log p(z) of a mixture prior holds `components * latent_dim` numbers per sample:
+        # counted in image-sized units against max_decodes, beside the decoded parameters.
+        prior_width = -(-self.prior.components * self.latent_dim // int(np.prod(self.image_shape)))
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
         results = []
         for step, batch in enumerate(data):
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             images = tf.cast(images, tf.float32)
-            per_image = max(1, int(images.shape[0])) * self.likelihood.parameters_per_subpixel
+            per_image = max(1, int(images.shape[0])) * (
+                self.likelihood.parameters_per_subpixel + prior_width
+            )
             chunk = max(1, min(int(num_samples), max_decodes // per_image))
             # log sum_k w_k of each chunk; their logsumexp is the exact total.
             chunk_sums = []
@@ -589,9 +633,11 @@ class VAE(keras.Model):
 
     def test_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
-            images, sample_weight, training=False, beta=self._kl_weight(write=False)
-        )
+        # `evaluate` prepared the prior's components once for all its batches.
+        with self._evaluation_prior():
+            loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
+                images, sample_weight, training=False, beta=self._kl_weight(write=False)
+            )
         loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
         return self._update_metrics(loss, terms, sample_weight)
 
@@ -611,7 +657,13 @@ class VAE(keras.Model):
         # fit() calls evaluate() for its validation data every epoch; fit checked it already.
         if not kwargs.get("_use_cached_eval_dataset"):
             self.check_data(x, "x")
+        self._prepare_evaluation_prior()
         return super().evaluate(x, y, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        """`keras.Model.test_on_batch`, with the prior's components prepared for this batch."""
+        self._prepare_evaluation_prior()
+        return super().test_on_batch(*args, **kwargs)
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
