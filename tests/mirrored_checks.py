@@ -7,6 +7,7 @@ TensorFlow initializes, which pytest's process has long done.
     python tests/mirrored_checks.py curves --replicas 2 --epochs 3
     python tests/mirrored_checks.py xla --replicas 2
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --objective iwae
+    python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --prior vamp
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def fixed_noise_vae_class():
     return FixedNoiseVAE
 
 
-def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaussian"):
+def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaussian",
+                prior="standard_normal"):
     import tfvae  # noqa: PLC0415
+
+    # A VampPrior of 4 pseudo-inputs: its encoding runs inside every replica's step.
+    settings = {"components": 4, "seed": seed} if prior in ("mixture", "vamp") else {}
+    prior = tfvae.distributions.get_prior(prior, **settings)
 
     likelihood = tfvae.distributions.get_likelihood(likelihood)
     encoder = tfvae.build_conv_encoder(image_shape, 3, filters=(4,), hidden_units=8)
@@ -59,7 +65,7 @@ def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaus
         3, image_shape, filters=(4,), hidden_units=8,
         parameters_per_subpixel=likelihood.parameters_per_subpixel,
     )
-    return vae_class(encoder, decoder, likelihood=likelihood, seed=seed, objective=objective)
+    return vae_class(encoder, decoder, likelihood=likelihood, prior=prior, seed=seed, objective=objective)
 
 
 def make_objective(name: str, vae, images):
@@ -96,14 +102,15 @@ def one_step(args) -> dict:
 
     def one_fit_step(strategy):
         with strategy.scope():
-            vae = build_model(vae_class, images.shape[1:], objective=objective, likelihood=args.likelihood)
+            vae = build_model(vae_class, images.shape[1:], objective=objective,
+                              likelihood=args.likelihood, prior=args.prior)
             vae.set_weights(initial_model.get_weights())
             vae.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
         history = vae.fit(images, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
         logs = {name: values[0] for name, values in history.history.items()}
         return trainable_weights(vae), logs
 
-    initial_model = build_model(vae_class, images.shape[1:], likelihood=args.likelihood)
+    initial_model = build_model(vae_class, images.shape[1:], likelihood=args.likelihood, prior=args.prior)
     objective = make_objective(args.objective, initial_model, images)
     initial_weights = trainable_weights(initial_model)
     single_weights, single_logs = one_fit_step(tf.distribute.get_strategy())
@@ -217,6 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--objective", choices=["elbo", "iwae", "free-bits"], default="elbo")
     parser.add_argument("--likelihood", default="gaussian", help="one-step: a tfvae likelihood name")
+    parser.add_argument("--prior", default="standard_normal", help="one-step: a tfvae prior name")
     args = parser.parse_args(argv)
     checks = {"one-step": one_step, "curves": curves, "xla": xla}
     print("RESULT " + json.dumps(checks[args.check](args)))

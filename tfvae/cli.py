@@ -27,6 +27,7 @@ from tfvae.config import (
     DATA_FIELDS,
     LIKELIHOOD_NAMES,
     MIXED_PRECISION_POLICIES,
+    PRIOR_NAMES,
     STRATEGY_NAMES,
     TrainConfig,
 )
@@ -85,6 +86,8 @@ _TRAIN_SETTINGS = (
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
     ("--likelihood", dict(choices=sorted(LIKELIHOOD_NAMES), help="p(x|z): bernoulli (data in [0, 1]), gaussian, gaussian_predicted_scale, continuous_bernoulli; for 8-bit images categorical or discretized_logistic (see README, Likelihoods) (default: %(default)s)")),
     ("--likelihood-components", dict(type=_positive_int, help="M, the logistics per sub-pixel of --likelihood discretized_logistic (default: 5)")),
+    ("--prior", dict(choices=sorted(PRIOR_NAMES), help="p(z): standard_normal, mixture (a learned mixture of Gaussians) or vamp (the VampPrior; it encodes its pseudo-inputs every step, see README, Priors) (default: %(default)s)")),
+    ("--prior-components", dict(type=_positive_int, help="M, the Gaussians of --prior mixture (default: 10), or K, the pseudo-inputs of --prior vamp (default: 500)")),
     ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
     # The training objective (see README "Training objectives").
     ("--kl-schedule", dict(choices=["constant", "linear", "cyclical"], help="beta over training: constant, linear warm-up from 0 over --kl-warmup epochs, or cyclical annealing with cycles of --kl-cycle epochs (default: %(default)s)")),
@@ -368,7 +371,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 #: The flags of `train` that `tune` keeps fixed for every trial.
-_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--beta", "--batch-size", "--learning-rate", "--seed")
+_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--prior", "--prior-components", "--beta", "--batch-size", "--learning-rate", "--seed")
 
 
 def _float_list(text: str, allow_zero: bool = False) -> tuple[float, ...]:

@@ -71,6 +71,9 @@ LIKELIHOOD_NAMES = (
     "gaussian_predicted_scale",
 )
 
+#: The prior names `tfvae train` accepts (the registry `tfvae.distributions.PRIORS`).
+PRIOR_NAMES = ("mixture", "standard_normal", "vamp")
+
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -143,6 +146,10 @@ class TrainConfig:
             "discretized_logistic", ...).
         likelihood_components: int or None. M, the mixture components of the
             "discretized_logistic" likelihood (None: its default, 5).
+        prior: str. A name in `tfvae.distributions.PRIORS` ("standard_normal", "mixture",
+            "vamp").
+        prior_components: int or None. M of the "mixture" prior or K, the pseudo-inputs of the
+            "vamp" prior (None: their defaults, 10 and 500).
         beta: float. Weight of the KL term (the target of a KL schedule).
         kl_schedule, kl_warmup, kl_cycle, free_bits, iw_samples, gradient_estimator: the training
             objective; see `check_objective_settings` and `tfvae.training.build_objective`.
@@ -172,6 +179,8 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     likelihood_components: int | None = None
     dequantize: bool = False
+    prior: str = "standard_normal"
+    prior_components: int | None = None
     beta: float = 1.0
     # --- The training objective (issue 12); checked by check_objective_settings, built by
     # tfvae.training.build_objective. kl_warmup and kl_cycle are in epochs (fractions allowed).
@@ -212,6 +221,23 @@ class TrainConfig:
             raise ValueError(
                 "Expected likelihood_components to be an integer >= 1 or None. "
                 f"Received: likelihood_components={self.likelihood_components!r}"
+            )
+        if self.prior not in PRIOR_NAMES:
+            raise ValueError(f"Expected prior to be one of {list(PRIOR_NAMES)}. Received: prior={self.prior!r}")
+        if self.prior_components is not None and (
+            isinstance(self.prior_components, bool)
+            or not isinstance(self.prior_components, int)
+            or self.prior_components < 1
+        ):
+            raise ValueError(
+                "Expected prior_components to be an integer >= 1 or None. "
+                f"Received: prior_components={self.prior_components!r}"
+            )
+        if self.prior_components is not None and self.prior == "standard_normal":
+            raise ValueError(
+                "Expected prior_components only with a prior that has components (mixture, "
+                "vamp). Received: prior='standard_normal' with prior_components="
+                f"{self.prior_components!r}"
             )
         if not isinstance(self.dequantize, bool):
             raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")

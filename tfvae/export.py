@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: without flock, leftovers are never removed
     fcntl = None
 
-from tfvae.distributions import PRIORS, likelihood_name
+from tfvae.distributions import likelihood_name, prior_name
 from tfvae.models.vae import VAE
 from tfvae.objectives import elbo_terms, reparameterized_sample
 from tfvae.version import __version__
@@ -157,10 +157,8 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "likelihood_settings": likelihood.settings(),
         "likelihood_parameters": likelihood.parameters_layout,
         "parameters_per_subpixel": int(likelihood.parameters_per_subpixel),
-        "prior": next(
-            (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
-            type(vae.prior).__name__,
-        ),
+        "prior": prior_name(vae.prior) or type(vae.prior).__name__,
+        "prior_settings": vae.prior.settings(),
         "serving_default": "reconstruct",
         "endpoints": ENDPOINTS,
         "elbo_noise": "tf.random.stateless_normal([batch, latent_dim], "
