@@ -46,6 +46,9 @@ class Prior(keras.layers.Layer):
 
     #: Mixture components of p(z): the IW-NLL sizes its chunks by `components * latent_dim`.
     components: int = 1
+    #: Whether `distribution` takes the encoder (`encode=`); a prior without it is called as
+    #: `distribution(latent_dim)`, so subclasses written for that signature keep working.
+    uses_encoder: bool = False
 
     def configure(self, image_shape) -> None:
         """Receives the model's image shape `(H, W, C)` before `build`. Default: unused."""
@@ -58,7 +61,7 @@ class Prior(keras.layers.Layer):
             latent_dim: int. D, the size of z.
             encode: None or a callable mapping images `[K, H, W, C]` to a diagonal Gaussian
                 `tfd.MultivariateNormalDiag` with batch shape `[K]` (the VAE's `encode_base`);
-                only priors built from the encoder use it.
+                given only to priors with `uses_encoder = True`.
         """
         raise NotImplementedError
 
@@ -179,7 +182,8 @@ class VampPrior(Prior):
     once per call (`prepare_evaluation`) and reuses the components for every batch. The KL term
     has no closed form: the ELBO uses the one-sample estimate log q(z|x) - log p(z).
 
-    The prior does not own the encoder: the VAE passes `encode` to `distribution`.
+    The prior does not own the encoder: the VAE passes `encode` to `distribution`
+    (`uses_encoder`).
 
     Args:
         components: int >= 1. K, the number of pseudo-inputs. Default 500.
@@ -191,6 +195,8 @@ class VampPrior(Prior):
     Raises:
         ValueError: components < 1; an image shape other than the model's.
     """
+
+    uses_encoder = True
 
     def __init__(self, components: int = 500, image_shape=None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)

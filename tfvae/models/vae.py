@@ -360,11 +360,14 @@ class VAE(keras.Model):
         """
         if self._use_evaluation_prior:
             return self.prior.evaluation_distribution(self.latent_dim)
-        return self.prior.distribution(self.latent_dim, encode=self.encode_base)
+        if self.prior.uses_encoder:
+            return self.prior.distribution(self.latent_dim, encode=self.encode_base)
+        return self.prior.distribution(self.latent_dim)
 
     def _prepare_evaluation_prior(self):
         """Computes the prior's encoder-dependent parts once, for one evaluation call."""
-        self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+        if self.prior.uses_encoder:
+            self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
 
     @contextlib.contextmanager
     def _evaluation_prior(self):
