@@ -318,11 +318,15 @@ def test_train_with_a_vamp_prior_writes_it_in_the_config_and_resumes(tmp_path):
     assert not np.allclose(second.prior.pseudo_input_weights.numpy(), first.prior.pseudo_input_weights.numpy())
 
 
-def test_cli_train_flags_name_the_prior():
-    from tfvae.cli import build_parser  # noqa: PLC0415
+def test_cli_train_flags_name_the_prior(capsys, tmp_path):
+    from tfvae.cli import build_parser, main  # noqa: PLC0415
 
     args = build_parser().parse_args(["train", "--prior", "mixture", "--prior-components", "3"])
     assert (args.prior, args.prior_components) == ("mixture", 3)
+    status = main(["train", "--prior-components", "3", "--epochs", "1", "--run-dir", str(tmp_path / "run")])
+    assert status == 2
+    assert "Expected prior_components only with a prior that has components" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_tuner_searches_the_prior():
