@@ -14,9 +14,19 @@ too). The NLL is the importance-weighted estimate with K samples (Burda et al., 
 images, dequantized once with seed 1234 for the continuous densities. Also reported: the test
 ELBO, training images/s, the number of parameters, the epochs and the wall time.
 
-The script is organized in sections (`SECTIONS`): a prior/posterior section (standard prior,
-mixture, VampPrior, IAF, on dynamically binarized MNIST) is to be added as a second function of
-the same shape once those seams exist.
+Section `priors` (issue 13): the test IW-NLL (K = `--prior-samples`, default 1000) on the MNIST
+test set binarized once (pixel ~ Bernoulli(gray level), seed 1234) of the same encoder/decoder
+pair, Bernoulli likelihood, trained the same number of epochs on the full training set with
+dynamic binarization (fresh Bernoulli draws every epoch), with each prior:
+
+- `standard_normal`: N(0, I);
+- `mixture`: a learned mixture of `--mixture-components` (10) diagonal Gaussians;
+- `vamp`: the VampPrior with `--vamp-components` (500) pseudo-inputs;
+
+also the test ELBO, training images/s and parameters. The posterior variants (IAF, VampPrior +
+IAF) join `PRIOR_VARIANTS` once the posterior seam is merged (see the comment there).
+
+The script is organized in sections (`SECTIONS`), each a function of the same shape.
 
 Needs: ../shared/data/mnist-train/train-images-idx3-ubyte.gz and
 ../shared/data/mnist-t10k/t10k-images-idx3-ubyte.gz beside the repository (or --train-images /
@@ -30,11 +40,14 @@ over in their own entries (the key holds the settings).
 Usage:
     python benchmarks/model_family.py [--epochs 10] [--train-subset N] [--test-subset N]
         [--samples 100] [--variants gaussian,discretized_logistic,categorical] [--out PATH]
-    python benchmarks/model_family.py --tiny     # < 1 minute, a smoke test of every step
+    python benchmarks/model_family.py --sections priors [--epochs 10] [--prior-samples 1000]
+        [--mixture-components 10] [--vamp-components 500] [--prior-variants standard_normal,mixture,vamp]
+    python benchmarks/model_family.py --tiny     # about a minute, a smoke test of every step
 
 Cost (2 CPU cores): an epoch over the 60,000 training images takes minutes per variant, and the
 categorical's 256 outputs per sub-pixel make it the slowest; the IW-NLL costs K decodes per test
-image. Choose --epochs, --samples and --test-subset to fit the time you have, and report them.
+image (K = 1000 on 10,000 test images: 10 million decodes per prior variant); the VampPrior
+encodes its K pseudo-inputs every step (500 / 128: ~4x the encoder's work). Choose --epochs, --samples and --test-subset to fit the time you have, and report them.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfvae.data.idx import read_idx  # noqa: E402
 from tfvae.data.preprocessing import uniform_dequantize  # noqa: E402
-from tfvae.distributions import get_likelihood  # noqa: E402
+from tfvae.distributions import get_likelihood, get_prior  # noqa: E402
 from tfvae.evaluation import bits_per_dim  # noqa: E402
 from tfvae.files import write_json_atomic  # noqa: E402
 from tfvae.models import build_conv_vae  # noqa: E402
@@ -67,6 +80,10 @@ TEST_IMAGES = SHARED_DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 EVALUATION_SEED = 1234
 EIGHT_BIT_VARIANTS = ("gaussian", "discretized_logistic", "categorical")
 ALL_EIGHT_BIT_VARIANTS = (*EIGHT_BIT_VARIANTS, "gaussian_predicted_scale", "continuous_bernoulli")
+#: Variant of the priors section -> the prior it trains. Hook for the posterior seam (issue 13):
+#: once `VAE(posterior=...)` exists, map "iaf" and "vamp_iaf" to (prior, posterior) pairs here
+#: and pass the posterior in `run_prior_variant`; no result exists for them yet.
+PRIOR_VARIANTS = {"standard_normal": "standard_normal", "mixture": "mixture", "vamp": "vamp"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +99,9 @@ class Settings:
     batch_size: int = 128
     learning_rate: float = 1e-3
     components: int = 5
+    prior_samples: int = 1000
+    mixture_components: int = 10
+    vamp_components: int = 500
     seed: int = 0
 
     def key(self) -> str:
@@ -89,7 +109,8 @@ class Settings:
 
 
 TINY = {"epochs": 1, "train_subset": 512, "test_subset": 32, "samples": 4, "latent_dim": 4,
-        "filters": (8,), "batch_size": 64, "components": 2}
+        "filters": (8,), "batch_size": 64, "components": 2, "prior_samples": 4, "mixture_components": 2,
+        "vamp_components": 4}
 
 
 def read_eight_bit_images(path: Path, subset: int | None) -> np.ndarray:
@@ -173,8 +194,74 @@ def eight_bit_section(settings: Settings, args, record) -> None:
         record("eight_bit", variant, lambda path, variant=variant: run_eight_bit_variant(variant, settings, train, test, path))
 
 
-#: Section name -> function(settings, args, record). A prior/posterior section joins here.
-SECTIONS = {"eight_bit": eight_bit_section}
+def dynamically_binarized(images: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled batches of Bernoulli(k / 255) draws, fresh every epoch (dynamic binarization)."""
+    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=seed).batch(batch_size)
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def binarize(batch, batch_seed):
+        gray = tf.cast(batch, tf.float32) / 255.0
+        uniform = tf.random.stateless_uniform(tf.shape(gray), tf.stack([batch_seed, tf.constant(2, tf.int64)]))
+        return tf.cast(uniform < gray, tf.float32)
+
+    return tf.data.Dataset.zip((dataset, batch_seeds)).map(binarize).prefetch(tf.data.AUTOTUNE)
+
+
+def binarized_once(images: np.ndarray) -> np.ndarray:
+    """The test images binarized once: pixel ~ Bernoulli(k / 255) with `EVALUATION_SEED`."""
+    uniform = np.random.default_rng(EVALUATION_SEED).uniform(size=images.shape)
+    return (uniform < images / 255.0).astype(np.float32)
+
+
+def run_prior_variant(variant: str, settings: Settings, train: np.ndarray, test: np.ndarray,
+                      model_path: Path) -> dict:
+    """Trains (or reloads) the model of one prior and scores it; returns its result."""
+    name = PRIOR_VARIANTS[variant]
+    sizes = {"mixture": settings.mixture_components, "vamp": settings.vamp_components}
+    prior = get_prior(name, components=sizes[name], seed=settings.seed) if name in sizes else get_prior(name)
+    seconds = images_per_second = None
+    if model_path.exists():
+        vae = keras.models.load_model(model_path)
+    else:
+        keras.utils.set_random_seed(settings.seed)
+        vae = build_conv_vae(train.shape[1:], settings.latent_dim, filters=settings.filters,
+                             likelihood="bernoulli", prior=prior, seed=settings.seed)
+        vae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
+        data = dynamically_binarized(train, settings.batch_size, settings.seed)
+        started = time.perf_counter()
+        vae.fit(data, epochs=settings.epochs, verbose=0)
+        seconds = time.perf_counter() - started
+        images_per_second = settings.epochs * len(train) / seconds
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        vae.save(model_path)
+    scored = binarized_once(test)
+    elbo = vae.evaluate(scored, batch_size=settings.batch_size, verbose=0, return_dict=True)["elbo"]
+    nll = vae.importance_weighted_nll(scored, num_samples=settings.prior_samples, seed=EVALUATION_SEED).mean()
+    return {
+        "prior": name,
+        "prior_settings": vae.prior.settings(),
+        "posterior": "diagonal_gaussian",
+        "data": "binary",
+        "test_elbo": float(elbo),
+        "test_iw_nll": float(nll),
+        "iw_samples": settings.prior_samples,
+        "bits_per_dim": bits_per_dim(float(nll), vae.image_shape, vae.likelihood, "binary"),
+        "parameters": int(vae.count_params()),
+        "train_seconds": seconds,
+        "train_images_per_second": images_per_second,
+    }
+
+
+def priors_section(settings: Settings, args, record) -> None:
+    """IW-NLL of each prior on the binarized test images."""
+    train = read_eight_bit_images(args.train_images, settings.train_subset)
+    test = read_eight_bit_images(args.test_images, settings.test_subset)
+    for variant in args.prior_variants:
+        record("priors", variant, lambda path, variant=variant: run_prior_variant(variant, settings, train, test, path))
+
+
+#: Section name -> function(settings, args, record).
+SECTIONS = {"eight_bit": eight_bit_section, "priors": priors_section}
 
 
 def main(argv=None) -> int:
@@ -191,6 +278,10 @@ def main(argv=None) -> int:
     parser.add_argument("--filters", default=",".join(map(str, defaults.filters)))
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--components", type=int, default=defaults.components, help="M of the discretized logistic")
+    parser.add_argument("--prior-variants", default=",".join(PRIOR_VARIANTS), help="priors of the priors section (default: %(default)s)")
+    parser.add_argument("--prior-samples", type=int, default=defaults.prior_samples, help="K of the priors section's IW-NLL (default: %(default)s)")
+    parser.add_argument("--mixture-components", type=int, default=defaults.mixture_components, help="M of the mixture prior (default: %(default)s)")
+    parser.add_argument("--vamp-components", type=int, default=defaults.vamp_components, help="K, the VampPrior's pseudo-inputs (default: %(default)s)")
     parser.add_argument("--train-images", type=Path, default=TRAIN_IMAGES)
     parser.add_argument("--test-images", type=Path, default=TEST_IMAGES)
     parser.add_argument("--out", type=Path, default=Path("model_family.json"), help="the results JSON (default: %(default)s)")
@@ -199,6 +290,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.variants) - set(ALL_EIGHT_BIT_VARIANTS))
     if unknown:
         parser.error(f"Expected --variants among {','.join(ALL_EIGHT_BIT_VARIANTS)}. Received: {','.join(unknown)}")
+    args.prior_variants = [v for v in args.prior_variants.split(",") if v]
+    unknown = sorted(set(args.prior_variants) - set(PRIOR_VARIANTS))
+    if unknown:
+        parser.error(f"Expected --prior-variants among {','.join(PRIOR_VARIANTS)}. Received: {','.join(unknown)}")
     sections = [s for s in args.sections.split(",") if s]
     if set(sections) - set(SECTIONS):
         parser.error(f"Expected --sections among {','.join(SECTIONS)}. Received: {args.sections}")
@@ -208,7 +303,8 @@ def main(argv=None) -> int:
     values = dict(
         epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset, samples=args.samples,
         latent_dim=args.latent_dim, filters=tuple(int(f) for f in args.filters.split(",")),
-        batch_size=args.batch_size, components=args.components,
+        batch_size=args.batch_size, components=args.components, prior_samples=args.prior_samples,
+        mixture_components=args.mixture_components, vamp_components=args.vamp_components,
     )
     if args.tiny:
         values.update(TINY)
@@ -229,8 +325,9 @@ def main(argv=None) -> int:
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         entry["results"][name] = result
         write_json_atomic(args.out, results)
+        samples = result.get("iw_samples", settings.samples)
         print(f"{name}: {result['bits_per_dim']:.4f} bits/dim (IW-NLL {result['test_iw_nll']:.2f} nats, "
-              f"K={settings.samples}; {result['parameters']} parameters)", flush=True)
+              f"K={samples}; {result['parameters']} parameters)", flush=True)
 
     for section in sections:
         SECTIONS[section](settings, args, record)

@@ -8,6 +8,7 @@ TensorFlow initializes, which pytest's process has long done.
     python tests/mirrored_checks.py xla --replicas 2
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --objective iwae
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --posterior iaf
+    python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --prior vamp
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ def fixed_noise_vae_class():
 
 
 def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaussian",
-                posterior="diagonal_gaussian"):
+                posterior="diagonal_gaussian", prior="standard_normal"):
     import tfvae  # noqa: PLC0415
+
+    # A VampPrior of 4 pseudo-inputs: its encoding runs inside every replica's step.
+    settings = {"components": 4, "seed": seed} if prior in ("mixture", "vamp") else {}
+    prior = tfvae.distributions.get_prior(prior, **settings)
 
     likelihood = tfvae.distributions.get_likelihood(likelihood)
     posterior = tfvae.distributions.get_posterior(posterior)
@@ -65,7 +70,8 @@ def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaus
         parameters_per_subpixel=likelihood.parameters_per_subpixel,
     )
     return vae_class(
-        encoder, decoder, likelihood=likelihood, seed=seed, objective=objective, posterior=posterior
+        encoder, decoder, likelihood=likelihood, prior=prior, seed=seed, objective=objective,
+        posterior=posterior,
     )
 
 
@@ -104,7 +110,7 @@ def one_step(args) -> dict:
     def one_fit_step(strategy):
         with strategy.scope():
             vae = build_model(vae_class, images.shape[1:], objective=objective,
-                              likelihood=args.likelihood, posterior=args.posterior)
+                              likelihood=args.likelihood, posterior=args.posterior, prior=args.prior)
             vae.set_weights(initial_model.get_weights())
             vae.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
         history = vae.fit(images, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
@@ -112,7 +118,7 @@ def one_step(args) -> dict:
         return trainable_weights(vae), logs
 
     initial_model = build_model(vae_class, images.shape[1:], likelihood=args.likelihood,
-                                posterior=args.posterior)
+                                posterior=args.posterior, prior=args.prior)
     objective = make_objective(args.objective, initial_model, images)
     initial_weights = trainable_weights(initial_model)
     single_weights, single_logs = one_fit_step(tf.distribute.get_strategy())
@@ -227,6 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--objective", choices=["elbo", "iwae", "free-bits"], default="elbo")
     parser.add_argument("--likelihood", default="gaussian", help="one-step: a tfvae likelihood name")
     parser.add_argument("--posterior", default="diagonal_gaussian", help="one-step: a tfvae posterior name")
+    parser.add_argument("--prior", default="standard_normal", help="one-step: a tfvae prior name")
     args = parser.parse_args(argv)
     checks = {"one-step": one_step, "curves": curves, "xla": xla}
     print("RESULT " + json.dumps(checks[args.check](args)))

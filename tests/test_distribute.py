@@ -182,10 +182,12 @@ def test_one_step_of_another_objective_under_two_replicas_equals_one_device(obje
 
 
 @pytest.mark.slow
-def test_one_step_of_an_iaf_model_under_two_replicas_equals_one_device():
-    # 7 examples over 2 replicas ([4, 3]); the flow's MADE weights are trained too.
+@pytest.mark.parametrize("prior", ["standard_normal", "vamp"])
+def test_one_step_of_an_iaf_model_under_two_replicas_equals_one_device(prior):
+    # 7 examples over 2 replicas ([4, 3]); the flow's MADE weights are trained too, and with the
+    # VampPrior its pseudo-inputs (whose components are the encoder's pre-flow Gaussians).
     result = run_script("mirrored_checks.py", "one-step", "--replicas", 2, "--batch-size", 7,
-                        "--posterior", "iaf")
+                        "--posterior", "iaf", "--prior", prior)
     assert any("step_0_gate" in name for name in result["weight_changes"]), sorted(result["weight_changes"])
     assert all(change > 1e-4 for change in result["weight_changes"].values()), result
     for name, difference in result["weight_differences"].items():

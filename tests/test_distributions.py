@@ -73,8 +73,8 @@ def test_names_resolve_and_unknown_names_are_clear_errors():
     assert isinstance(get_prior("standard-normal"), StandardNormalPrior)
     with pytest.raises(ValueError, match=r"Unknown likelihood 'poisson'. Expected one of \['bernoulli', 'categorical', 'continuous_bernoulli', 'discretized_logistic', 'gaussian', 'gaussian_predicted_scale'\]"):
         get_likelihood("poisson")
-    with pytest.raises(ValueError, match=r"Unknown prior 'vamp'. Expected one of \['standard_normal'\]"):
-        get_prior("vamp")
+    with pytest.raises(ValueError, match=r"Unknown prior 'flow'. Expected one of \['mixture', 'standard_normal', 'vamp'\]"):
+        get_prior("flow")
     with pytest.raises(ValueError, match="Received: 3"):
         get_likelihood(3)
 

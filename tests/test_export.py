@@ -158,6 +158,7 @@ def test_metadata_asset_describes_the_model(exported):
     assert metadata["tfvae_version"] == tfvae.__version__
     assert metadata["expects_binarized_images"] is False
     assert metadata["prior"] == "standard_normal"
+    assert metadata["prior_settings"] == {}
     likelihood = "bernoulli" if vae.image_shape == (8, 8, 1) else "gaussian"
     assert metadata["likelihood"] == likelihood
     assert metadata["value_range"] == ([0.0, 1.0] if likelihood == "bernoulli" else None)

@@ -28,6 +28,7 @@ from tfvae.config import (
     LIKELIHOOD_NAMES,
     MIXED_PRECISION_POLICIES,
     POSTERIOR_NAMES,
+    PRIOR_NAMES,
     STRATEGY_NAMES,
     TrainConfig,
 )
@@ -89,6 +90,8 @@ _TRAIN_SETTINGS = (
     ("--posterior", dict(choices=sorted(POSTERIOR_NAMES), help="q(z|x): diagonal_gaussian, or iaf, an inverse autoregressive flow on it (Monte-Carlo KL; no --free-bits or dreg) (see README, Posteriors) (default: %(default)s)")),
     ("--iaf-steps", dict(type=_positive_int, metavar="T", help="flow steps of --posterior iaf (default: 2)")),
     ("--iaf-context-units", dict(type=_positive_int, metavar="H", help="width of the context the encoder gives --posterior iaf (default: 16)")),
+    ("--prior", dict(choices=sorted(PRIOR_NAMES), help="p(z): standard_normal, mixture (a learned mixture of Gaussians) or vamp (the VampPrior; it encodes its pseudo-inputs every step, see README, Priors) (default: %(default)s)")),
+    ("--prior-components", dict(type=_positive_int, help="M, the Gaussians of --prior mixture (default: 10), or K, the pseudo-inputs of --prior vamp (default: 500)")),
     ("--beta", dict(type=float, help="weight of the KL term (default: %(default)s)")),
     # The training objective (see README "Training objectives").
     ("--kl-schedule", dict(choices=["constant", "linear", "cyclical"], help="beta over training: constant, linear warm-up from 0 over --kl-warmup epochs, or cyclical annealing with cycles of --kl-cycle epochs (default: %(default)s)")),
@@ -372,7 +375,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 #: The flags of `train` that `tune` keeps fixed for every trial.
-_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--posterior", "--iaf-steps", "--iaf-context-units", "--beta", "--batch-size", "--learning-rate", "--seed")
+_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--posterior", "--iaf-steps", "--iaf-context-units", "--prior", "--prior-components", "--beta", "--batch-size", "--learning-rate", "--seed")
 
 
 def _posterior_list(text: str) -> tuple[str, ...]:

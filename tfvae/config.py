@@ -71,6 +71,9 @@ LIKELIHOOD_NAMES = (
     "gaussian_predicted_scale",
 )
 
+#: The prior names `tfvae train` accepts (the registry `tfvae.distributions.PRIORS`).
+PRIOR_NAMES = ("mixture", "standard_normal", "vamp")
+
 
 #: The posterior names `tfvae train` accepts (the registry of `tfvae.distributions.POSTERIORS`).
 POSTERIOR_NAMES = ("diagonal_gaussian", "iaf")
@@ -150,6 +153,10 @@ class TrainConfig:
         posterior: str. A name in `tfvae.distributions.POSTERIORS` ("diagonal_gaussian", "iaf").
         iaf_steps, iaf_context_units: int or None. T flow steps and the context width H of the
             "iaf" posterior (None: its defaults, 2 and 16).
+        prior: str. A name in `tfvae.distributions.PRIORS` ("standard_normal", "mixture",
+            "vamp").
+        prior_components: int or None. M of the "mixture" prior or K, the pseudo-inputs of the
+            "vamp" prior (None: their defaults, 10 and 500).
         beta: float. Weight of the KL term (the target of a KL schedule).
         kl_schedule, kl_warmup, kl_cycle, free_bits, iw_samples, gradient_estimator: the training
             objective; see `check_objective_settings` and `tfvae.training.build_objective`.
@@ -182,6 +189,8 @@ class TrainConfig:
     posterior: str = "diagonal_gaussian"
     iaf_steps: int | None = None
     iaf_context_units: int | None = None
+    prior: str = "standard_normal"
+    prior_components: int | None = None
     beta: float = 1.0
     # --- The training objective (issue 12); checked by check_objective_settings, built by
     # tfvae.training.build_objective. kl_warmup and kl_cycle are in epochs (fractions allowed).
@@ -238,6 +247,23 @@ class TrainConfig:
                     f"Expected {name} only with posterior 'iaf'. Received: {name}={value!r} with "
                     f"posterior {self.posterior!r}"
                 )
+        if self.prior not in PRIOR_NAMES:
+            raise ValueError(f"Expected prior to be one of {list(PRIOR_NAMES)}. Received: prior={self.prior!r}")
+        if self.prior_components is not None and (
+            isinstance(self.prior_components, bool)
+            or not isinstance(self.prior_components, int)
+            or self.prior_components < 1
+        ):
+            raise ValueError(
+                "Expected prior_components to be an integer >= 1 or None. "
+                f"Received: prior_components={self.prior_components!r}"
+            )
+        if self.prior_components is not None and self.prior == "standard_normal":
+            raise ValueError(
+                "Expected prior_components only with a prior that has components (mixture, "
+                "vamp). Received: prior='standard_normal' with prior_components="
+                f"{self.prior_components!r}"
+            )
         if not isinstance(self.dequantize, bool):
             raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.

@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: without flock, leftovers are never removed
     fcntl = None
 
-from tfvae.distributions import PRIORS, likelihood_name, posterior_name
+from tfvae.distributions import likelihood_name, posterior_name, prior_name
 from tfvae.models.vae import VAE
 from tfvae.objectives import elbo_terms
 from tfvae.version import __version__
@@ -186,14 +186,8 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "likelihood_settings": likelihood.settings(),
         "likelihood_parameters": likelihood.parameters_layout,
         "parameters_per_subpixel": int(likelihood.parameters_per_subpixel),
-        "prior": next(
-            (name for name, cls in PRIORS.items() if type(vae.prior) is cls),
-            type(vae.prior).__name__,
-        ),
-        "prior_settings": {
-            key: value for key, value in vae.prior.get_config().items()
-            if key not in keras.layers.Layer.get_config(vae.prior)
-        },
+        "prior": prior_name(vae.prior) or type(vae.prior).__name__,
+        "prior_settings": vae.prior.settings(),
         "posterior": posterior_name(vae.posterior) or type(vae.posterior).__name__,
         "posterior_settings": vae.posterior.settings(),
         "serving_default": "reconstruct",

@@ -45,7 +45,7 @@ from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F40
 from tfvae.data import load, translate_pipeline_errors
 from tfvae.data.pipeline import source_short_name
 from tfvae.diagnostics import posterior_diagnostics
-from tfvae.distributions import get_likelihood, get_posterior
+from tfvae.distributions import get_likelihood, get_posterior, get_prior
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
 from tfvae.objectives import ELBO, IWAE, CyclicalAnnealing, LinearWarmup
@@ -256,6 +256,18 @@ def config_posterior(config: TrainConfig):
     if config.iaf_context_units is not None:
         settings["context_units"] = config.iaf_context_units
     return get_posterior(config.posterior, **settings)
+def config_prior(config: TrainConfig):
+    """The `tfvae.distributions.Prior` a config names, with its components and the run's seed.
+
+    Raises:
+        ValueError: an unknown prior, or components for one that takes none.
+    """
+    if config.prior == "standard_normal":
+        return get_prior(config.prior)
+    settings = {"seed": config.seed}
+    if config.prior_components is not None:
+        settings["components"] = config.prior_components
+    return get_prior(config.prior, **settings)
 
 
 def _finite_or_none(value) -> float | None:
@@ -343,6 +355,7 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
         hidden_units=config.hidden_units,
         likelihood=config_likelihood(config),
         posterior=config_posterior(config),
+        prior=config_prior(config),
         objective=build_objective(config, steps_per_epoch),
         seed=config.seed,
     )

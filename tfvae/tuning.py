@@ -31,7 +31,14 @@ import tensorflow as tf
 
 from tfvae import pictures
 from tfvae.data.pipeline import source_short_name
-from tfvae.distributions import get_likelihood, get_posterior, likelihood_name, posterior_name
+from tfvae.distributions import (
+    get_likelihood,
+    get_posterior,
+    get_prior,
+    likelihood_name,
+    posterior_name,
+    prior_name,
+)
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_vae
@@ -98,6 +105,11 @@ class VAEHyperModel(keras_tuner.HyperModel):
             ("diagonal_gaussian", "iaf"); "iaf" is refused with free bits > 0 or DReG.
         posterior_settings: dict or None. Constructor arguments of the "iaf" candidate
             (`steps`, `context_units`, ...).
+        prior: a name in `tfvae.distributions.PRIORS` ("standard_normal", "mixture", "vamp"), or
+            a sequence of candidate names (searched as the `prior` hyperparameter; the ELBOs of
+            all priors are in the same units).
+        prior_components: int or None. M of the "mixture" or K of the "vamp" candidate (None:
+            their defaults, 10 and 500).
         learning_rates: floats > 0. Candidate learning rates of Adam.
         betas: floats >= 0. Candidate weights of the KL term.
         free_bits: floats >= 0. Candidate free bits (nats per latent dimension; 0 is off).
@@ -128,6 +140,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         latent_dims: Sequence[int] = (2, 8, 16, 32),
         likelihood: str | Sequence[str] = "bernoulli",
         likelihood_components: int | None = None,
+        prior: str | Sequence[str] = "standard_normal",
+        prior_components: int | None = None,
         learning_rates: Sequence[float] = (1e-3,),
         posterior: str | Sequence[str] = "diagonal_gaussian",
         posterior_settings: dict | None = None,
@@ -167,6 +181,16 @@ class VAEHyperModel(keras_tuner.HyperModel):
             raise ValueError(f"Expected likelihood to be a name or a sequence of names. Received: likelihood={likelihood!r}")
         self.likelihoods = tuple(likelihood_name(get_likelihood(name)) for name in names)  # raises on unknown names
         self.likelihood_components = likelihood_components
+        names = (prior,) if isinstance(prior, str) else tuple(prior)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"Expected prior to be a name or a sequence of names. Received: prior={prior!r}")
+        self.priors = tuple(prior_name(get_prior(name)) for name in names)  # raises on unknown names
+        self.prior_components = prior_components
+        if prior_components is not None and self.priors == ("standard_normal",):
+            raise ValueError(
+                "Expected prior_components only with a prior that takes components (mixture, "
+                f"vamp). Received: prior={prior!r}"
+            )
         self.hidden_units = hidden_units
         self.seed = seed
         # Fails now, not in the first trial, when the shapes do not fit (e.g. too many filters).
@@ -204,6 +228,15 @@ class VAEHyperModel(keras_tuner.HyperModel):
         if self.likelihood_components is not None and "components" in get_likelihood(name).settings():
             settings["components"] = self.likelihood_components
         return get_likelihood(name, **settings)
+
+    def _prior(self, name: str):
+        """The prior `name`, with `prior_components` (and the seed) when it takes them."""
+        if name == "standard_normal":
+            return get_prior(name)
+        settings = {"seed": self.seed}
+        if self.prior_components is not None:
+            settings["components"] = self.prior_components
+        return get_prior(name, **settings)
 
     @property
     def default_objective(self) -> keras_tuner.Objective:
@@ -251,6 +284,7 @@ class VAEHyperModel(keras_tuner.HyperModel):
             filters=filters,
             hidden_units=self.hidden_units,
             likelihood=likelihood,
+            prior=self._prior(self._pick(hp, "prior", self.priors)),
             objective=self._training_objective(hp),
             seed=self.seed,
             posterior=self._posterior(self._pick(hp, "posterior", self.posteriors)),
@@ -395,6 +429,8 @@ class TuningConfig:
                 (("steps", train.iaf_steps), ("context_units", train.iaf_context_units))
                 if value is not None
             },
+            prior=train.prior,
+            prior_components=train.prior_components,
             learning_rates=self.learning_rates or (train.learning_rate,),
             betas=self.betas or (train.beta,),
             free_bits=self.free_bits or (train.free_bits,),

@@ -29,7 +29,15 @@ from tfvae.distributions.posteriors import (
     get_posterior,
     posterior_name,
 )
-from tfvae.distributions.priors import PRIORS, Prior, StandardNormalPrior, get_prior
+from tfvae.distributions.priors import (
+    PRIORS,
+    MixturePrior,
+    Prior,
+    StandardNormalPrior,
+    VampPrior,
+    get_prior,
+    prior_name,
+)
 
 __all__ = [
     "LIKELIHOODS",
@@ -46,13 +54,16 @@ __all__ = [
     "IndependentSubpixels",
     "Likelihood",
     "MaskedDense",
+    "MixturePrior",
     "Posterior",
     "PosteriorParameters",
     "Prior",
     "StandardNormalPrior",
+    "VampPrior",
     "get_likelihood",
     "get_posterior",
     "get_prior",
     "likelihood_name",
     "posterior_name",
+    "prior_name",
 ]

@@ -1,10 +1,21 @@
 """Priors p(z) over the latent vector: TensorFlow Probability distributions from Keras layers.
 
 A learned prior is a subclass of `Prior` whose weights are tracked like any other layer's,
-registered for serialization here and named in `PRIORS`.
+registered for serialization here and named in `PRIORS`:
+
+- `standard_normal`: N(0, I), no weights;
+- `mixture`: a learned mixture of M diagonal Gaussians;
+- `vamp`: the VampPrior of Tomczak & Welling (2018), a uniform mixture of the encoder's
+  posteriors at K learned pseudo-inputs.
+
+A prior that depends on the encoder (the VampPrior) does not own it: the `VAE` passes its
+`encode_base` callable to `distribution(latent_dim, encode=...)` at every use, so the prior
+serializes alone and the model has no cycle.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
@@ -14,17 +25,60 @@ from tfvae.distributions._common import DISTRIBUTION_DTYPE, resolve
 
 tfd = tfp.distributions
 
+# The smallest scale of a mixture component, as the posterior's (`POSTERIOR_MIN_SCALE`).
+_MIN_SCALE = 1e-5
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+    return value
+
 
 class Prior(keras.layers.Layer):
     """Base class of the prior p(z) over a latent vector of size `latent_dim`.
 
     A learned prior (a mixture, a VampPrior, a flow) is a subclass that creates its weights in
-    `build((latent_dim,))` and returns them inside `distribution`.
+    `build((latent_dim,))` and returns them inside `distribution`. A prior that needs the data's
+    shape (the VampPrior's pseudo-inputs) gets it from `configure(image_shape)`, which the `VAE`
+    calls before `build`.
     """
 
-    def distribution(self, latent_dim: int) -> tfd.Distribution:
-        """Returns p(z) with batch shape `[]` and event shape `[latent_dim]`."""
+    #: Mixture components of p(z): the IW-NLL sizes its chunks by `components * latent_dim`.
+    components: int = 1
+    #: Whether `distribution` takes the encoder (`encode=`); a prior without it is called as
+    #: `distribution(latent_dim)`, so subclasses written for that signature keep working.
+    uses_encoder: bool = False
+
+    def configure(self, image_shape) -> None:
+        """Receives the model's image shape `(H, W, C)` before `build`. Default: unused."""
+        del image_shape
+
+    def distribution(self, latent_dim: int, encode=None) -> tfd.Distribution:
+        """Returns p(z) with batch shape `[]` and event shape `[latent_dim]`.
+
+        Args:
+            latent_dim: int. D, the size of z.
+            encode: None or a callable mapping images `[K, H, W, C]` to a diagonal Gaussian
+                `tfd.MultivariateNormalDiag` with batch shape `[K]` (the VAE's `encode_base`);
+                given only to priors with `uses_encoder = True`.
+        """
         raise NotImplementedError
+
+    def prepare_evaluation(self, latent_dim: int, encode=None) -> None:
+        """Computes once what `evaluation_distribution` reuses for every batch of an evaluation.
+
+        Default: nothing (the prior does not depend on the encoder).
+        """
+        del latent_dim, encode
+
+    def evaluation_distribution(self, latent_dim: int) -> tfd.Distribution:
+        """p(z) during an evaluation, after `prepare_evaluation`. Default: `distribution`."""
+        return self.distribution(latent_dim)
+
+    def settings(self) -> dict:
+        """The constructor settings that define this prior (for metadata), JSON-serializable."""
+        return {}
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -37,20 +91,234 @@ class StandardNormalPrior(Prior):
     def build(self, input_shape):
         pass
 
-    def distribution(self, latent_dim):
+    def distribution(self, latent_dim, encode=None):
+        del encode
         return tfd.MultivariateNormalDiag(
             loc=tf.zeros([latent_dim], DISTRIBUTION_DTYPE),
             scale_diag=tf.ones([latent_dim], DISTRIBUTION_DTYPE),
         )
 
 
-PRIORS = {"standard_normal": StandardNormalPrior}
+@keras.saving.register_keras_serializable(package="tfvae")
+class MixturePrior(Prior):
+    """A learned mixture of M diagonal Gaussians, p(z) = sum_m pi_m N(z; mu_m, diag(sigma_m^2)).
 
+    The weights are `logits` `[M]` (pi = softmax(logits), initially uniform), `locs` `[M, D]`
+    (initially N(0, 1) draws, so the components start apart) and `raw_scales` `[M, D]`
+    (sigma = softplus(raw_scale) + 1e-5, initially 1). The KL term has no closed form: the ELBO
+    uses the one-sample estimate log q(z|x) - log p(z) (`tfvae.objectives.kl_divergence`), and
+    free bits, which need a per-dimension KL, refuse this prior.
 
-def get_prior(identifier) -> Prior:
-    """Returns a Prior from a name ('standard_normal'), an instance or a config.
+    Args:
+        components: int >= 1. M. With M = 1 and the initial locs set to 0 this is N(0, I).
+        seed: int or None. Seed of the initial locs.
+        **kwargs: passed to `keras.layers.Layer`.
 
     Raises:
-        ValueError: the name is unknown or the object is not a Prior.
+        ValueError: components < 1.
     """
-    return resolve(identifier, PRIORS, Prior, "prior")
+
+    def __init__(self, components: int = 10, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.components = _check_count(components, "components")
+        self.seed = seed
+
+    def build(self, input_shape):
+        latent_dim = int(input_shape[-1])
+        self.logits = self.add_weight(
+            name="logits", shape=(self.components,), initializer="zeros", dtype=DISTRIBUTION_DTYPE
+        )
+        self.locs = self.add_weight(
+            name="locs",
+            shape=(self.components, latent_dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
+            dtype=DISTRIBUTION_DTYPE,
+        )
+        # softplus(log(e - 1)) = 1: unit scales at the start.
+        self.raw_scales = self.add_weight(
+            name="raw_scales",
+            shape=(self.components, latent_dim),
+            initializer=keras.initializers.Constant(math.log(math.e - 1.0)),
+            dtype=DISTRIBUTION_DTYPE,
+        )
+
+    def distribution(self, latent_dim, encode=None):
+        del encode
+        if int(self.locs.shape[-1]) != latent_dim:
+            raise ValueError(
+                f"Expected latent_dim {int(self.locs.shape[-1])}, the size this prior was built "
+                f"for. Received: latent_dim={latent_dim}"
+            )
+        scale = tf.nn.softplus(tf.convert_to_tensor(self.raw_scales)) + _MIN_SCALE
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.convert_to_tensor(self.logits)),
+            components_distribution=tfd.MultivariateNormalDiag(
+                loc=tf.convert_to_tensor(self.locs), scale_diag=scale
+            ),
+        )
+
+    def settings(self):
+        return {"components": self.components}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(components=self.components, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) sum_k q(z | u_k).
+
+    The K pseudo-inputs u_k are learned images in data space, `[K, H, W, C]`, kept in [0, 1]
+    (the range of tfvae's images) by a hard clip, as the paper's hard-tanh: u = clip(w, 0, 1),
+    w initialized at 0.5 plus N(0, 0.01^2) noise. The components q(z | u_k) are the *current*
+    encoder's diagonal Gaussians (with a flow posterior, its pre-flow Gaussians), so the prior
+    changes with the encoder and pulls the aggregate posterior and the prior together.
+
+    Cost: training encodes the K pseudo-inputs at every step, about K / batch_size times the
+    encoder's work on the batch (K = 500, batch 128: roughly 4x), and log p(z) evaluates K
+    Gaussians per sample. Evaluation (`VAE.evaluate`, `VAE.importance_weighted_nll`) encodes them
+    once per call (`prepare_evaluation`) and reuses the components for every batch. The KL term
+    has no closed form: the ELBO uses the one-sample estimate log q(z|x) - log p(z).
+
+    The prior does not own the encoder: the VAE passes `encode` to `distribution`
+    (`uses_encoder`).
+
+    Args:
+        components: int >= 1. K, the number of pseudo-inputs. Default 500.
+        image_shape: None or `(H, W, C)`. The pseudo-inputs' shape; the VAE sets it
+            (`configure`) when it is None.
+        seed: int or None. Seed of the initial noise of the pseudo-inputs.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Raises:
+        ValueError: components < 1; an image shape other than the model's.
+    """
+
+    uses_encoder = True
+
+    def __init__(self, components: int = 500, image_shape=None, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.components = _check_count(components, "components")
+        self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
+        self.seed = seed
+
+    def configure(self, image_shape):
+        image_shape = tuple(int(d) for d in image_shape)
+        if self.image_shape is not None and self.image_shape != image_shape:
+            raise ValueError(
+                f"Expected the VampPrior's pseudo-inputs to have the model's image shape "
+                f"{image_shape}. Received: image_shape={self.image_shape}"
+            )
+        self.image_shape = image_shape
+
+    def build(self, input_shape):
+        if self.image_shape is None:
+            raise ValueError(
+                "Expected the VampPrior to know the image shape before it is built: give "
+                "image_shape=(H, W, C) or build it inside a tfvae.VAE. Received: image_shape=None"
+            )
+        latent_dim = int(input_shape[-1])
+        self.pseudo_input_weights = self.add_weight(
+            name="pseudo_inputs",
+            shape=(self.components, *self.image_shape),
+            initializer=keras.initializers.RandomNormal(mean=0.5, stddev=0.01, seed=self.seed),
+            dtype=DISTRIBUTION_DTYPE,
+        )
+        # The components of the last `prepare_evaluation`, reused by every evaluation batch.
+        self.evaluation_loc = self.add_weight(
+            name="evaluation_loc", shape=(self.components, latent_dim), initializer="zeros",
+            dtype=DISTRIBUTION_DTYPE, trainable=False,
+        )
+        self.evaluation_scale = self.add_weight(
+            name="evaluation_scale", shape=(self.components, latent_dim), initializer="ones",
+            dtype=DISTRIBUTION_DTYPE, trainable=False,
+        )
+
+    @property
+    def pseudo_inputs(self):
+        """The pseudo-inputs u_k in [0, 1], float32 `[K, H, W, C]`."""
+        return tf.clip_by_value(tf.convert_to_tensor(self.pseudo_input_weights), 0.0, 1.0)
+
+    def set_pseudo_inputs(self, images) -> None:
+        """Sets the pseudo-inputs to `images` `[K, H, W, C]` with values in [0, 1]."""
+        images = tf.convert_to_tensor(images, DISTRIBUTION_DTYPE)
+        expected = (self.components, *self.image_shape)
+        if tuple(images.shape) != expected:
+            raise ValueError(
+                f"Expected {self.components} pseudo-inputs of shape {expected}. "
+                f"Received: shape {tuple(images.shape)}"
+            )
+        self.pseudo_input_weights.assign(images)
+
+    @staticmethod
+    def _mixture(loc, scale):
+        components = tf.shape(loc)[0]
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.zeros([components], DISTRIBUTION_DTYPE)),
+            components_distribution=tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale),
+        )
+
+    def _components(self, encode, latent_dim):
+        if encode is None:
+            raise ValueError(
+                "Expected the VampPrior's distribution to get the encoder, encode=vae.encode_base "
+                "(use vae.prior_distribution()). Received: encode=None"
+            )
+        posterior = encode(self.pseudo_inputs)
+        loc = tf.cast(posterior.mean(), DISTRIBUTION_DTYPE)
+        scale = tf.cast(posterior.stddev(), DISTRIBUTION_DTYPE)
+        if loc.shape[-1] is not None and int(loc.shape[-1]) != latent_dim:
+            raise ValueError(
+                f"Expected the encoder to give {latent_dim} latent dimensions. "
+                f"Received: {int(loc.shape[-1])}"
+            )
+        return loc, scale
+
+    def distribution(self, latent_dim, encode=None):
+        return self._mixture(*self._components(encode, latent_dim))
+
+    def prepare_evaluation(self, latent_dim, encode=None):
+        loc, scale = self._components(encode, latent_dim)
+        self.evaluation_loc.assign(loc)
+        self.evaluation_scale.assign(scale)
+
+    def evaluation_distribution(self, latent_dim):
+        return self._mixture(
+            tf.convert_to_tensor(self.evaluation_loc), tf.convert_to_tensor(self.evaluation_scale)
+        )
+
+    def settings(self):
+        return {"components": self.components}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(components=self.components, image_shape=self.image_shape, seed=self.seed)
+        return config
+
+
+PRIORS = {"standard_normal": StandardNormalPrior, "mixture": MixturePrior, "vamp": VampPrior}
+
+
+def get_prior(identifier, **settings) -> Prior:
+    """Returns a Prior from a name in `PRIORS`, an instance or a config.
+
+    Args:
+        identifier: a name ('standard_normal', 'mixture', 'vamp'), a `Prior`, or its
+            serialized config.
+        **settings: constructor arguments of the named prior, e.g. `components=500`.
+
+    Raises:
+        ValueError: the name is unknown, a setting the prior does not take, settings without a
+            name, or an object that is not a Prior.
+    """
+    return resolve(identifier, PRIORS, Prior, "prior", settings)
+
+
+def prior_name(prior: Prior) -> str | None:
+    """The registry name of a built-in prior, or None for a user-defined one."""
+    for name, cls in PRIORS.items():
+        if type(prior) is cls:
+            return name
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
@@ -60,7 +61,10 @@ class VAE(keras.Model):
             `tfvae.distributions.LIKELIHOODS`: `"bernoulli"` (logits; data in [0, 1]),
             `"gaussian"` (mean from the decoder, learned per-channel scale), and the others
             listed in the README's "Likelihoods" section.
-        prior: str or `tfvae.distributions.Prior`. `"standard_normal"`.
+        prior: str or `tfvae.distributions.Prior`. A name in `tfvae.distributions.PRIORS`:
+            `"standard_normal"` (N(0, I), the default), `"mixture"` (a learned mixture of
+            Gaussians) or `"vamp"` (the VampPrior); `tfvae.distributions.get_prior(name,
+            components=K)` sets their sizes. See the README's "Priors" section.
         posterior: str or `tfvae.distributions.Posterior`. `"diagonal_gaussian"` (the default,
             analytic KL) or `"iaf"` (inverse autoregressive flow; Monte-Carlo KL, no free bits
             or DReG); see the README's "Posteriors" section.
@@ -144,6 +148,8 @@ class VAE(keras.Model):
         # (A deserialized likelihood or prior may come built already.)
         if not self.likelihood.built:
             self.likelihood.build((None, *self.image_shape))
+        self._use_evaluation_prior = False
+        self.prior.configure(self.image_shape)
         if not self.prior.built:
             self.prior.build((self.latent_dim,))
         if not self.posterior.built:
@@ -372,13 +378,46 @@ class VAE(keras.Model):
             noise = tf.random.stateless_normal(shape, seed=seed)
         return self.posterior.sample(parameters, noise)
 
+    def encode_base(self, images, training: bool = False):
+        """Returns the encoder's diagonal Gaussian for `images`, batch `[B]`, event `[latent_dim]`.
+
+        The components of the VampPrior: q(z|x) itself for the diagonal Gaussian posterior, the
+        Gaussian before the flow steps for `iaf` (a flow component would need an inverse pass
+        per z). The same as `encode`.
+        """
+        return self.encode(images, training=training)
+
     def decode(self, z, training: bool = False):
         """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
         return self.likelihood.distribution(self.decoder(z, training=training))
 
     def prior_distribution(self):
-        """Returns p(z), event shape `[latent_dim]`."""
+        """Returns p(z), event shape `[latent_dim]`.
+
+        A prior built from the encoder (the VampPrior) encodes its pseudo-inputs here, with the
+        current weights; inside `evaluate` and `importance_weighted_nll` it reuses the
+        components computed once at the start of the call (`_evaluation_prior`).
+        """
+        if self._use_evaluation_prior:
+            return self.prior.evaluation_distribution(self.latent_dim)
+        if self.prior.uses_encoder:
+            return self.prior.distribution(self.latent_dim, encode=self.encode_base)
         return self.prior.distribution(self.latent_dim)
+
+    def _prepare_evaluation_prior(self):
+        """Computes the prior's encoder-dependent parts once, for one evaluation call."""
+        if self.prior.uses_encoder:
+            self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+
+    @contextlib.contextmanager
+    def _evaluation_prior(self):
+        """While tracing an evaluation step, `prior_distribution` reads the prepared prior."""
+        previous = self._use_evaluation_prior
+        self._use_evaluation_prior = True
+        try:
+            yield
+        finally:
+            self._use_evaluation_prior = previous
 
     def draw_noise(self, shape):
         """Standard normal noise for the reparameterization, from the model's SeedGenerator.
@@ -459,8 +498,10 @@ class VAE(keras.Model):
     @tf.function(reduce_retracing=True)
     def _chunk_log_weights(self, images, seed, num_samples):
         z, log_q = self.posterior_sample(images, num_samples, seed)
+        with self._evaluation_prior():
+            prior = self.prior_distribution()
         return log_importance_weights(
-            images, None, self.prior_distribution(), lambda flat_z: self.decode(flat_z), z, log_q
+            images, None, prior, lambda flat_z: self.decode(flat_z), z, log_q
         )
 
     def importance_weighted_nll(
@@ -502,13 +543,19 @@ class VAE(keras.Model):
         self.check_data(data, "data")
         if not isinstance(data, tf.data.Dataset):
             data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        self._prepare_evaluation_prior()
+        # log p(z) of a mixture prior holds `components * latent_dim` numbers per sample:
+        # counted in image-sized units against max_decodes, beside the decoded parameters.
+        prior_width = -(-self.prior.components * self.latent_dim // int(np.prod(self.image_shape)))
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
         results = []
         for step, batch in enumerate(data):
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             images = tf.cast(images, tf.float32)
-            per_image = max(1, int(images.shape[0])) * self.likelihood.parameters_per_subpixel
+            per_image = max(1, int(images.shape[0])) * (
+                self.likelihood.parameters_per_subpixel + prior_width
+            )
             chunk = max(1, min(int(num_samples), max_decodes // per_image))
             # log sum_k w_k of each chunk; their logsumexp is the exact total.
             chunk_sums = []
@@ -630,9 +677,11 @@ class VAE(keras.Model):
 
     def test_step(self, data):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
-            images, sample_weight, training=False, beta=self._kl_weight(write=False)
-        )
+        # `evaluate` prepared the prior's components once for all its batches.
+        with self._evaluation_prior():
+            loss_sum, batch_size, regularization, terms = self._loss_and_metrics(
+                images, sample_weight, training=False, beta=self._kl_weight(write=False)
+            )
         loss = tf.math.divide_no_nan(loss_sum, batch_size) + regularization
         return self._update_metrics(loss, terms, sample_weight)
 
@@ -652,7 +701,13 @@ class VAE(keras.Model):
         # fit() calls evaluate() for its validation data every epoch; fit checked it already.
         if not kwargs.get("_use_cached_eval_dataset"):
             self.check_data(x, "x")
+        self._prepare_evaluation_prior()
         return super().evaluate(x, y, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        """`keras.Model.test_on_batch`, with the prior's components prepared for this batch."""
+        self._prepare_evaluation_prior()
+        return super().test_on_batch(*args, **kwargs)
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
