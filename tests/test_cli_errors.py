@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import json
 import os
 import shutil
 import signal
@@ -180,6 +181,18 @@ def test_a_corrupt_model_is_named_as_such_by_every_command(run_dir, tmp_path, ca
             "(corrupt or truncated", 1)[1], name
         assert len(err.splitlines()) == 1 and "File not found" not in err and out == ""
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "export").exists()
+
+
+def test_export_with_a_corrupt_config_json_warns_and_exports_the_intact_model(run_dir, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "config.json").write_text('{"dataset": "dig')  # truncated
+    status, out, err = _main(capsys, "export", copy, tmp_path / "export")
+    assert status == 0, err
+    assert err == (f"tfvae: warning: '{copy / 'config.json'}' is not a readable run configuration "
+                   "(corrupt or truncated); the export's metadata will not name the dataset\n")
+    metadata = json.loads(out)["metadata"]
+    assert "dataset" not in json.loads(Path(metadata).read_text())
 
 
 def test_a_bit_flip_anywhere_loads_or_is_reported_as_corrupt(run_dir, tmp_path):

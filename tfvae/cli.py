@@ -367,7 +367,11 @@ def _run_export(args) -> int:
     config_file = model_file.parent / "config.json"
     extra = {"source": str(model_file)}
     if config_file.is_file():
-        extra["dataset"] = json.loads(config_file.read_text()).get("dataset")
+        try:
+            extra["dataset"] = json.loads(config_file.read_text()).get("dataset")
+        except (ValueError, AttributeError):  # not JSON, or not an object: only metadata is lost
+            print(f"tfvae: warning: '{config_file}' is not a readable run configuration (corrupt or "
+                  "truncated); the export's metadata will not name the dataset", file=sys.stderr)
     path = tfvae.export_saved_model(vae, args.path, overwrite=args.overwrite, metadata=extra)
     print(json.dumps({"export": str(path), "metadata": str(path / "assets.extra" / "tfvae.json")}))
     return 0
