@@ -167,7 +167,7 @@ def run_configuration(name, objective, config, splits, steps_per_epoch, test_ima
         "epochs": round(steps / steps_per_epoch, 2),
         "complete_epochs": len(budget.epoch_seconds),
         # From the timed steps (all but the first), so that a run shorter than one epoch has it too.
-        "seconds_per_epoch": round(training_seconds / max(1, steps - 1) * steps_per_epoch, 1),
+        "seconds_per_epoch": round(training_seconds / max(1, steps - 1) * steps_per_epoch, 3),
         "final_train_loss": float(history.history["loss"][-1]),
         "snapshots": sorted(int(p.name.split("_")[1].split(".")[0]) for p in snapshot_dir.glob("epoch_*.weights.h5")),
     }

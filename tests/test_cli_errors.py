@@ -129,7 +129,8 @@ def test_ctrl_c_during_train_is_one_line_naming_the_resume_command(tmp_path):
     )
     deadline = time.time() + 300
     metrics = run_dir / "metrics.csv"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # an epoch ended, the next began
+    backup = run_dir / "backup" / "training_metadata.json"  # written last at an epoch's end
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2 and backup.is_file()):
         assert process.poll() is None and time.time() < deadline, "training ended before Ctrl-C"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)

@@ -545,8 +545,12 @@ class VAE(keras.Model):
             data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
         self._prepare_evaluation_prior()
         # log p(z) of a mixture prior holds `components * latent_dim` numbers per sample:
-        # counted in image-sized units against max_decodes, beside the decoded parameters.
-        prior_width = -(-self.prior.components * self.latent_dim // int(np.prod(self.image_shape)))
+        # counted in image-sized units against max_decodes, beside the decoded parameters (a
+        # single Gaussian's log p(z) is negligible beside a decode).
+        components = self.prior.components
+        prior_width = (
+            -(-components * self.latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
+        )
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
         results = []
