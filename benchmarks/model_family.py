@@ -1,4 +1,4 @@
-"""Model family: how the choice of likelihood (and later prior and posterior) moves a VAE's likelihood.
+"""Model family: how the choice of likelihood, prior and posterior moves a VAE's likelihood.
 
 Section `eight_bit` (issue 13): bits/dim on the gray (not binarized) MNIST test set of one
 encoder/decoder pair trained the same number of epochs with three pixel likelihoods:
@@ -22,9 +22,11 @@ dynamic binarization (fresh Bernoulli draws every epoch), with each prior:
 - `standard_normal`: N(0, I);
 - `mixture`: a learned mixture of `--mixture-components` (10) diagonal Gaussians;
 - `vamp`: the VampPrior with `--vamp-components` (500) pseudo-inputs;
+- `iaf`: N(0, I) with an IAF posterior of `--iaf-steps` (2) flow steps;
+- `vamp_iaf`: the VampPrior with the IAF posterior (its components are the encoder's pre-flow
+  Gaussians of the pseudo-inputs);
 
-also the test ELBO, training images/s and parameters. The posterior variants (IAF, VampPrior +
-IAF) join `PRIOR_VARIANTS` once the posterior seam is merged (see the comment there).
+also the test ELBO, training images/s and parameters.
 
 The script is organized in sections (`SECTIONS`), each a function of the same shape.
 
@@ -41,7 +43,8 @@ Usage:
     python benchmarks/model_family.py [--epochs 10] [--train-subset N] [--test-subset N]
         [--samples 100] [--variants gaussian,discretized_logistic,categorical] [--out PATH]
     python benchmarks/model_family.py --sections priors [--epochs 10] [--prior-samples 1000]
-        [--mixture-components 10] [--vamp-components 500] [--prior-variants standard_normal,mixture,vamp]
+        [--mixture-components 10] [--vamp-components 500] [--iaf-steps 2]
+        [--prior-variants standard_normal,mixture,vamp,iaf,vamp_iaf]
     python benchmarks/model_family.py --tiny     # about a minute, a smoke test of every step
 
 Cost (2 CPU cores): an epoch over the 60,000 training images takes minutes per variant, and the
@@ -69,7 +72,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfvae.data.idx import read_idx  # noqa: E402
 from tfvae.data.preprocessing import uniform_dequantize  # noqa: E402
-from tfvae.distributions import get_likelihood, get_prior  # noqa: E402
+from tfvae.distributions import get_likelihood, get_posterior, get_prior  # noqa: E402
 from tfvae.evaluation import bits_per_dim  # noqa: E402
 from tfvae.files import write_json_atomic  # noqa: E402
 from tfvae.models import build_conv_vae  # noqa: E402
@@ -80,10 +83,14 @@ TEST_IMAGES = SHARED_DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 EVALUATION_SEED = 1234
 EIGHT_BIT_VARIANTS = ("gaussian", "discretized_logistic", "categorical")
 ALL_EIGHT_BIT_VARIANTS = (*EIGHT_BIT_VARIANTS, "gaussian_predicted_scale", "continuous_bernoulli")
-#: Variant of the priors section -> the prior it trains. Hook for the posterior seam (issue 13):
-#: once `VAE(posterior=...)` exists, map "iaf" and "vamp_iaf" to (prior, posterior) pairs here
-#: and pass the posterior in `run_prior_variant`; no result exists for them yet.
-PRIOR_VARIANTS = {"standard_normal": "standard_normal", "mixture": "mixture", "vamp": "vamp"}
+#: Variant of the priors section -> the (prior, posterior) pair it trains.
+PRIOR_VARIANTS = {
+    "standard_normal": ("standard_normal", "diagonal_gaussian"),
+    "mixture": ("mixture", "diagonal_gaussian"),
+    "vamp": ("vamp", "diagonal_gaussian"),
+    "iaf": ("standard_normal", "iaf"),
+    "vamp_iaf": ("vamp", "iaf"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Settings:
     prior_samples: int = 1000
     mixture_components: int = 10
     vamp_components: int = 500
+    iaf_steps: int = 2
     seed: int = 0
 
     def key(self) -> str:
@@ -110,7 +118,7 @@ class Settings:
 
 TINY = {"epochs": 1, "train_subset": 512, "test_subset": 32, "samples": 4, "latent_dim": 4,
         "filters": (8,), "batch_size": 64, "components": 2, "prior_samples": 4, "mixture_components": 2,
-        "vamp_components": 4}
+        "vamp_components": 4, "iaf_steps": 1}
 
 
 def read_eight_bit_images(path: Path, subset: int | None) -> np.ndarray:
@@ -216,16 +224,19 @@ def binarized_once(images: np.ndarray) -> np.ndarray:
 def run_prior_variant(variant: str, settings: Settings, train: np.ndarray, test: np.ndarray,
                       model_path: Path) -> dict:
     """Trains (or reloads) the model of one prior and scores it; returns its result."""
-    name = PRIOR_VARIANTS[variant]
+    name, posterior_kind = PRIOR_VARIANTS[variant]
     sizes = {"mixture": settings.mixture_components, "vamp": settings.vamp_components}
     prior = get_prior(name, components=sizes[name], seed=settings.seed) if name in sizes else get_prior(name)
+    posterior = (get_posterior("iaf", steps=settings.iaf_steps) if posterior_kind == "iaf"
+                 else get_posterior(posterior_kind))
     seconds = images_per_second = None
     if model_path.exists():
         vae = keras.models.load_model(model_path)
     else:
         keras.utils.set_random_seed(settings.seed)
         vae = build_conv_vae(train.shape[1:], settings.latent_dim, filters=settings.filters,
-                             likelihood="bernoulli", prior=prior, seed=settings.seed)
+                             likelihood="bernoulli", prior=prior, posterior=posterior,
+                             seed=settings.seed)
         vae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
         data = dynamically_binarized(train, settings.batch_size, settings.seed)
         started = time.perf_counter()
@@ -240,7 +251,8 @@ def run_prior_variant(variant: str, settings: Settings, train: np.ndarray, test:
     return {
         "prior": name,
         "prior_settings": vae.prior.settings(),
-        "posterior": "diagonal_gaussian",
+        "posterior": posterior_kind,
+        "posterior_settings": vae.posterior.settings(),
         "data": "binary",
         "test_elbo": float(elbo),
         "test_iw_nll": float(nll),
@@ -282,6 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-samples", type=int, default=defaults.prior_samples, help="K of the priors section's IW-NLL (default: %(default)s)")
     parser.add_argument("--mixture-components", type=int, default=defaults.mixture_components, help="M of the mixture prior (default: %(default)s)")
     parser.add_argument("--vamp-components", type=int, default=defaults.vamp_components, help="K, the VampPrior's pseudo-inputs (default: %(default)s)")
+    parser.add_argument("--iaf-steps", type=int, default=defaults.iaf_steps, help="T, the IAF posterior's flow steps (default: %(default)s)")
     parser.add_argument("--train-images", type=Path, default=TRAIN_IMAGES)
     parser.add_argument("--test-images", type=Path, default=TEST_IMAGES)
     parser.add_argument("--out", type=Path, default=Path("model_family.json"), help="the results JSON (default: %(default)s)")
@@ -305,6 +318,7 @@ def main(argv=None) -> int:
         latent_dim=args.latent_dim, filters=tuple(int(f) for f in args.filters.split(",")),
         batch_size=args.batch_size, components=args.components, prior_samples=args.prior_samples,
         mixture_components=args.mixture_components, vamp_components=args.vamp_components,
+        iaf_steps=args.iaf_steps,
     )
     if args.tiny:
         values.update(TINY)
