@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfvae.config import DEFAULT_SHUFFLE_BUFFER
 from tfvae.data import preprocessing
 from tfvae.data.batching import (
+    CACHE_MODES,
     DEFAULT_MAX_CACHE_BYTES,
     TRAIN_STREAM,
     cache_split,
@@ -284,7 +285,9 @@ def load_held_out(
         split: "test" or "validation".
         batch_size, data_dir, binarize, threshold, image_size, channels, cache,
             max_cache_bytes, dequantize: as `load`'s ("dynamic" binarization means the one
-            fixed sample).
+            fixed sample). A cache file path prefix counts as "auto": a training run's cache
+            files hold other examples or another binarization, so held-out data is cached in
+            memory when it fits, and never on disk.
         validation_fraction, seed: the held-out slice of split="validation" (and of a test set
             that has to be one), as `load`'s.
         labels: bool. Batches of `(images, labels)`; a source without labels is a ValueError.
@@ -305,6 +308,7 @@ def load_held_out(
                    cache, max_cache_bytes, DEFAULT_SHUFFLE_BUFFER)
     opened = open_source(source, data_dir, validation_fraction, seed, image_size is not None,
                          channels, test=split == "test")
+    cache = cache if cache in CACHE_MODES else "auto"
     if labels:
         _require_labels(opened)
     if dequantize:
