@@ -478,7 +478,7 @@ def load(
     if test_dataset is not None:
         test = load_held_out(
             test_dataset, split="test", batch_size=batch_size, data_dir=data_dir,
-            binarize=binarize, threshold=threshold, image_size=image_size, channels=channels,
+            binarize=binarize, threshold=threshold, image_size=settings["image_size"], channels=channels,
             validation_fraction=validation_fraction, cache=cache, max_cache_bytes=max_cache_bytes,
             seed=seed, dequantize=dequantize, labels=labels,
         )
