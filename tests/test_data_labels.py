@@ -124,5 +124,5 @@ def test_a_conditional_run_on_labelless_data_fails_before_writing(tmp_path):
 
 def test_num_classes_needs_a_conditional_config():
     assert TrainConfig(conditional=True, num_classes=10).num_classes == 10
-    with pytest.raises(ValueError, match=r"Expected num_classes to be None, or an integer >= 1 with conditional"):
+    with pytest.raises(ValueError, match=r"Expected num_classes to be None, or an integer >= 2 with conditional"):
         TrainConfig(num_classes=10)

@@ -114,7 +114,8 @@ def _add_train_command(subparsers) -> None:
         "train",
         help="train a VAE and write a run directory",
         description="Train a convolutional VAE and write a run directory: config.json, model.keras, "
-        "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json and pictures (and test_metrics.json with --test-dataset). With no "
+        "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json, pictures and, with "
+        "--test-dataset, test_metrics.json (the test set scored once, after training). With no "
         "arguments it trains on scikit-learn's built-in 8x8 digits, offline. Settings come from "
         "the defaults, then --config, then the flags typed here.",
         allow_abbrev=False,  # typed flags are recognized by their full names (see _typed_settings)
@@ -234,7 +235,9 @@ def _add_evaluate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="test ELBO and importance-weighted negative log-likelihood of a trained run",
-        description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
+        description="Evaluate a run's model on held-out data (the run's validation split; with "
+        "--split test its --test-dataset; with --dataset FILE all of FILE, a tfds name's test split) "
+        "and say which examples were scored: the ELBO and the importance-weighted "
         "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim where "
         "they are defined (see README, Likelihoods), else the reason why not. "
         "It decodes examples x K images (10 million for MNIST's test set at the default K=1000, "

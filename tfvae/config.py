@@ -283,10 +283,10 @@ class TrainConfig:
             raise ValueError(f"Expected conditional to be true or false. Received: conditional={self.conditional!r}")
         if self.num_classes is not None and (
             not self.conditional or isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
+            or self.num_classes < 2
         ):
             raise ValueError(
-                "Expected num_classes to be None, or an integer >= 1 with conditional=True (a conditional run "
+                "Expected num_classes to be None, or an integer >= 2 with conditional=True (a conditional run "
                 f"records it from its data). Received: num_classes={self.num_classes!r}, "
                 f"conditional={self.conditional!r}"
             )

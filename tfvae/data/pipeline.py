@@ -110,7 +110,8 @@ class DataSplits:
 
     Attributes:
         train: finite `tf.data.Dataset` of float32 image batches `[B, H, W, C]` in [0, 1]
-            (B = the global batch size, smaller for the last batch), reshuffled each epoch.
+            (B = the global batch size, smaller for the last batch), reshuffled each epoch;
+            with `with_labels`, `(images, labels)` batches, labels int64 `[B]`.
         validation: the same, not shuffled; with dynamic binarization it holds one fixed
             binarization, so evaluations are comparable.
         image_shape: `(H, W, C)`.
