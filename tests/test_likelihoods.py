@@ -440,12 +440,14 @@ def test_model_family_benchmark_tiny_mode_runs_and_resumes(digits, tmp_path):
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"].values()
     assert sorted(run["results"]) == [
         "eight_bit/categorical", "eight_bit/discretized_logistic", "eight_bit/gaussian",
-        "priors/mixture", "priors/standard_normal", "priors/vamp",
+        "priors/iaf", "priors/mixture", "priors/standard_normal", "priors/vamp", "priors/vamp_iaf",
     ]
     for name, result in run["results"].items():
         if name.startswith("priors/"):
             assert result["data"] == "binary" and result["iw_samples"] == 4
-            assert result["prior"] == name.split("/")[1]
+            prior, posterior = {"iaf": ("standard_normal", "iaf"), "vamp_iaf": ("vamp", "iaf")}.get(
+                name.split("/")[1], (name.split("/")[1], "diagonal_gaussian"))
+            assert (result["prior"], result["posterior"]) == (prior, posterior)
             assert result["parameters"] > 0 and result["train_images_per_second"] > 0
             assert result["bits_per_dim"] == pytest.approx(result["test_iw_nll"] / (64 * math.log(2)))
             continue
@@ -454,4 +456,4 @@ def test_model_family_benchmark_tiny_mode_runs_and_resumes(digits, tmp_path):
         assert result["parameters"] > 0 and result["train_images_per_second"] > 0
     assert run["results"]["eight_bit/gaussian"]["data"] == "dequantized"
     again = subprocess.run(command, env=cli_environment(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("done already, skipped") == 6
+    assert again.returncode == 0 and again.stdout.count("done already, skipped") == 8
