@@ -232,6 +232,10 @@ class ConditionalVAE(VAE):
     def _decoder_input_spec(self, latent_dim):
         return [keras.KerasTensor((None, latent_dim)), keras.KerasTensor((None, self.num_classes))]
 
+    def _call_input_shape(self):
+        # `vae([images, labels])`, labels one-hot: the SavedModel's default signature.
+        return [(None, *self.image_shape), (None, self.num_classes)]
+
     def _check_parts(self, encoder, decoder):
         shapes = getattr(decoder, "input_shape", None) if isinstance(decoder, keras.Model) else None
         if shapes is not None and not (

@@ -171,7 +171,7 @@ class VAE(keras.Model):
             self.prior.build((self.latent_dim,))
         if not self.posterior.built:
             self.posterior.build((self.latent_dim,))
-        self.build((None, *self.image_shape))
+        self.build(self._call_input_shape())
         self.objective.check_model(self)
 
     def build(self, input_shape):
@@ -255,6 +255,10 @@ class VAE(keras.Model):
     def _decoder_input_spec(self, latent_dim):
         """What the decoder is called on, as KerasTensors: z `(None, latent_dim)`."""
         return keras.KerasTensor((None, latent_dim))
+
+    def _call_input_shape(self):
+        """The shape(s) the model is called on (`vae(images)`): `(None, H, W, C)`."""
+        return (None, *self.image_shape)
 
     def _encoder_inputs(self, images):
         """What the encoder is called on for `images`: the images themselves."""
