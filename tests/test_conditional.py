@@ -456,3 +456,46 @@ def test_export_loads_with_tensorflow_only(tiny, exported, digits, tmp_path):
     z = tiny.prior_distribution(labels).sample(seed=export.stateless_seed(9))
     np.testing.assert_allclose(out["sample"], tiny.decode(z, labels).mean(), atol=1e-5)
     assert np.all(np.isfinite(out["elbo"])) and math.isfinite(sum(out["elbo"]))
+
+
+# ---------------------------------------------------------------------- tuner and tf.distribute
+@pytest.mark.slow
+def test_a_keras_tuner_search_over_conditional_models(digits, tmp_path):
+    import keras_tuner  # noqa: PLC0415
+
+    from tfvae.tuning import VAEHyperModel  # noqa: PLC0415
+
+    (images, labels), (validation_images, validation_labels) = digits
+    hypermodel = VAEHyperModel(
+        (8, 8, 1), latent_dims=(2,), filters=((4,),), num_classes=NUM_CLASSES,
+        class_prior=("standard_normal", "learned"), learning_rates=(1e-2,),
+    )
+    tuner = keras_tuner.GridSearch(
+        hypermodel, objective="val_loss", max_trials=2, directory=tmp_path, project_name="conditional"
+    )
+    tuner.search(
+        images[:256], labels[:256], validation_data=(validation_images[:64], validation_labels[:64]),
+        epochs=1, batch_size=64, verbose=0,
+    )
+    trials = tuner.oracle.get_best_trials(2)
+    assert sorted(trial.hyperparameters.get("class_prior") for trial in trials) == ["learned", "standard_normal"]
+    best = tuner.get_best_models(1)[0]
+    assert isinstance(best, tfvae.ConditionalVAE)
+    assert best.sample(2, labels=[3, 4], seed=0).shape == (2, 8, 8, 1)
+    with pytest.raises(ValueError, match="only with num_classes"):
+        VAEHyperModel((8, 8, 1), latent_dims=(2,), filters=((4,),), class_prior="learned")
+
+
+@pytest.mark.slow
+def test_one_step_under_two_replicas_equals_one_device():
+    from test_distribute import run_script  # noqa: PLC0415
+
+    # 7 examples of 3 classes over 2 replicas ([4, 3]); the class prior's tables are trained too.
+    result = run_script("mirrored_checks.py", "one-step", "--replicas", 2, "--batch-size", 7, "--num-classes", 3)
+    assert result["replica_batch_sizes"] == [4, 3]
+    assert {"locs", "raw_scales"} <= {name.split(":")[1] for name in result["weight_changes"]}
+    assert all(change > 1e-4 for change in result["weight_changes"].values()), result
+    for name, difference in result["weight_differences"].items():
+        assert difference < 1e-5, (name, difference)
+    for name in ("loss", "elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose(result["mirrored_logs"][name], result["single_logs"][name], rtol=1e-5, atol=1e-5)
