@@ -202,6 +202,27 @@ def test_importance_weighted_nll_and_the_marginal(tiny, digits):
     assert np.all(marginal <= nll - np.log(probabilities[labels]) + 1e-9)
 
 
+def test_collapse_diagnostics_are_given_the_labels(tiny, digits):
+    import tensorflow_probability as tfp  # noqa: PLC0415
+
+    from tfvae.diagnostics import posterior_diagnostics  # noqa: PLC0415
+
+    _, (images, labels) = digits
+    images, labels = images[:64], labels[:64]
+    report = posterior_diagnostics(tiny, images, labels=labels, batch_size=32)
+    expected_kl = tfp.distributions.kl_divergence(tiny.encode(images, labels), tiny.prior_distribution(labels))
+    np.testing.assert_allclose(report["kl"], float(np.mean(expected_kl)), rtol=1e-4)
+    assert len(report["kl_per_dimension"]) == 2
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
+    np.testing.assert_allclose(posterior_diagnostics(tiny, dataset)["kl"], report["kl"], rtol=1e-5)
+    with pytest.raises(ValueError, match="labels=None"):
+        posterior_diagnostics(tiny, images)
+    plain = tfvae.build_conv_vae((8, 8, 1), latent_dim=2, filters=(4,), seed=0)
+    with pytest.raises(ValueError, match="Expected no labels"):
+        posterior_diagnostics(plain, images, labels=labels)
+    assert posterior_diagnostics(plain, dataset)["num_examples"] == 64  # the labels are ignored
+
+
 # ---------------------------------------------------------------------- bad labels, refusals
 BAD_LABELS = {
     "float ids": (np.array([1.0, 2.0, 3.0]), "cast class ids"),
