@@ -124,6 +124,7 @@ def test_integer_and_one_hot_labels_give_the_same_results(tiny, digits):
     np.testing.assert_array_equal(tiny.encode(images, labels).mean(), tiny.encode(images, one_hot).mean())
     np.testing.assert_array_equal(tiny.reconstruct(images, labels), tiny.reconstruct(images, one_hot))
     np.testing.assert_array_equal(tiny([images, labels]), tiny.reconstruct(images, labels))
+    np.testing.assert_allclose(tiny.predict((images, labels), verbose=0), tiny.reconstruct(images, labels), atol=1e-6)
     np.testing.assert_array_equal(tiny.sample(6, labels=labels, seed=3), tiny.sample(6, labels=one_hot, seed=3))
     np.testing.assert_array_equal(tiny.sample(4, labels=7, seed=3), tiny.sample(4, labels=[7] * 4, seed=3))
     assert tiny.sample(4, labels=7).shape == (4, 8, 8, 1)

@@ -535,6 +535,13 @@ class ConditionalVAE(VAE):
         with self.conditioned_on(self._step_labels(labels)):
             return super().test_step((images, None, sample_weight))
 
+    def predict_step(self, data):
+        # `predict((images, labels))` and datasets of pairs arrive as (x, y): both are inputs here.
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(images, (list, tuple)):
+            return self(images, training=False)
+        return self([images, labels] if labels is not None else images, training=False)
+
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
         """`tfvae.VAE.fit` on `(images, labels)`: `fit(images, labels)` or a dataset of pairs."""
         self._check_labelled_data(x, y, "x")
