@@ -182,19 +182,19 @@ def test_fit_and_evaluate_take_arrays_or_datasets_of_pairs(digits):
 def test_importance_weighted_nll_and_the_marginal(tiny, digits):
     _, (images, labels) = digits
     images, labels = images[:12], labels[:12]
-    nll = tiny.importance_weighted_nll(images, labels, num_samples=20, batch_size=5)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
+    nll = tiny.importance_weighted_nll(images, labels, num_samples=20, batch_size=12)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(12)
     np.testing.assert_allclose(tiny.importance_weighted_nll(dataset, num_samples=20), nll, rtol=1e-6)
     assert nll.shape == (12,) and np.all(np.isfinite(nll))
     # The labels matter: under the wrong classes the data is less likely.
     wrong = (labels + 5) % NUM_CLASSES
-    assert tiny.importance_weighted_nll(images, wrong, num_samples=20, batch_size=5).mean() > nll.mean()
+    assert tiny.importance_weighted_nll(images, wrong, num_samples=20, batch_size=12).mean() > nll.mean()
 
     probabilities = np.bincount(labels, minlength=NUM_CLASSES) + 1.0
     probabilities /= probabilities.sum()
-    marginal = tiny.marginal_nll(images, probabilities, num_samples=20, batch_size=5)
+    marginal = tiny.marginal_nll(images, probabilities, num_samples=20, batch_size=12)
     per_class = np.stack([
-        tiny.importance_weighted_nll(images, np.full(12, y), num_samples=20, batch_size=5)
+        tiny.importance_weighted_nll(images, np.full(12, y), num_samples=20, batch_size=12)
         for y in range(NUM_CLASSES)
     ])
     expected = -np.logaddexp.reduce(np.log(probabilities)[:, None] - per_class, axis=0)
@@ -425,6 +425,12 @@ def test_exported_endpoints_take_labels_and_equal_the_keras_model(tiny, exported
     assert not np.allclose(loaded.encode(images, (labels + 1) % 10)["loc"], posterior.mean())
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels < num_classes"):
         loaded.encode(images, labels + 10)
+
+    for name, spec in export.CONDITIONAL_ENDPOINTS.items():
+        signature = loaded.signatures[name]
+        assert set(signature.structured_input_signature[1]) == set(spec["inputs"]), name
+        assert set(signature.structured_outputs) == set(spec["outputs"]), name
+    assert set(loaded.signatures["serving_default"].structured_input_signature[1]) == {"images", "labels"}
 
     metadata = export.read_metadata(exported)
     assert metadata["conditional"] is True and metadata["num_classes"] == NUM_CLASSES
