@@ -11,6 +11,7 @@ from tfvae.version import __version__
 
 #: Public name -> the module that defines it (a module itself when the name is the module's).
 _PUBLIC_NAMES = {
+    "ConditionalVAE": "tfvae.models",
     "VAE": "tfvae.models",
     "build_conv_decoder": "tfvae.models",
     "build_conv_encoder": "tfvae.models",
@@ -26,6 +27,7 @@ _PUBLIC_NAMES = {
 }
 
 __all__ = [
+    "ConditionalVAE",
     "VAE",
     "__version__",
     "build_conv_decoder",

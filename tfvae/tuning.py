@@ -122,6 +122,10 @@ class VAEHyperModel(keras_tuner.HyperModel):
             rebatches a `tf.data.Dataset` (or passes `batch_size` for arrays).
         seed: int or None. `build` resets Keras's global seeds to it (`keras.utils.set_random_seed`)
             and seeds the model's noise with it, so every trial starts alike.
+        num_classes: None, or int >= 2 for conditional VAEs (`tfvae.ConditionalVAE`), trained
+            and validated on `(images, labels)`.
+        class_prior: "standard_normal" or "learned" (see `tfvae.ConditionalVAE`), or both as
+            candidates of the `class_prior` hyperparameter. Only with num_classes.
 
     Raises:
         ValueError: an empty or invalid list of candidates, or an invalid likelihood.
@@ -154,6 +158,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         batch_sizes: Sequence[int] | None = None,
         seed: int | None = 0,
         name: str | None = "vae",
+        num_classes: int | None = None,
+        class_prior: str | Sequence[str] = "standard_normal",
     ):
         super().__init__(name=name)
         self.image_shape = tuple(image_shape)
@@ -193,6 +199,13 @@ class VAEHyperModel(keras_tuner.HyperModel):
             )
         self.hidden_units = hidden_units
         self.seed = seed
+        self.num_classes = num_classes
+        self.class_priors = (class_prior,) if isinstance(class_prior, str) else tuple(class_prior)
+        for candidate in self.class_priors:  # raises on bad classes or class priors
+            build_conv_vae(
+                self.image_shape, self.latent_dims[0], filters=next(iter(self.filters.values())),
+                num_classes=num_classes, class_prior=candidate,
+            )
         # Fails now, not in the first trial, when the shapes do not fit (e.g. too many filters).
         for channels in self.filters.values():
             build_conv_vae(self.image_shape, self.latent_dims[0], filters=channels, hidden_units=hidden_units)
@@ -268,7 +281,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
             hp: `keras_tuner.HyperParameters`.
 
         Returns:
-            A built `tfvae.VAE`, compiled with Adam (whose variables are built).
+            A built `tfvae.VAE` (a `tfvae.ConditionalVAE` with `num_classes`), compiled with Adam
+            (whose variables are built).
         """
         if self.seed is not None:
             # Every trial starts from the same random state, whatever ran before it (an earlier
@@ -288,6 +302,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
             objective=self._training_objective(hp),
             seed=self.seed,
             posterior=self._posterior(self._pick(hp, "posterior", self.posteriors)),
+            num_classes=self.num_classes,
+            class_prior=self._pick(hp, "class_prior", self.class_priors),
         )
         vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
         # Built now, so that loading a trial's checkpoint restores the optimizer's state too.
