@@ -151,9 +151,9 @@ class VAE(keras.Model):
         self._use_evaluation_prior = False
         self.prior.configure(self.image_shape)
         if not self.prior.built:
-            self.prior.build((self.latent_dim,))
+            self.prior.build((self.prior_latent_dim,))
         if not self.posterior.built:
-            self.posterior.build((self.latent_dim,))
+            self.posterior.build((self.prior_latent_dim,))
         self.build((None, *self.image_shape))
         self.objective.check_model(self)
 
@@ -321,6 +321,27 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------ the probabilistic model
     @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """The sizes of the stochastic layers, `(latent_dim,)` here; z concatenates them."""
+        return (self.latent_dim,)
+
+    @property
+    def prior_latent_dim(self) -> int:
+        """The size of the latent the `prior` and `posterior` seams act on: `latent_dim` here,
+        the top layer's in a hierarchical model."""
+        return self.latent_dim
+
+    @property
+    def posterior_factorized(self) -> bool:
+        """Whether q(z|x) is the diagonal Gaussian of `encode` (free bits and DReG need it)."""
+        return self.posterior.factorized
+
+    @property
+    def posterior_description(self) -> str:
+        """q(z|x) as error messages name it."""
+        return type(self.posterior).__name__
+
+    @property
     def beta(self) -> keras.Variable:
         """The KL weight: a non-trainable scalar float32 `keras.Variable` read by every step.
 
@@ -370,13 +391,32 @@ class VAE(keras.Model):
         Returns:
             `(z, log_q)`: float32 `[K, B, D]` and `[K, B]`.
         """
-        parameters = self.posterior_parameters(images, training)
-        shape = tf.concat([[num_samples], tf.shape(parameters.loc)], 0)
+        shape = tf.stack([num_samples, tf.shape(images)[0], self.latent_dim])
         if seed is None:
             noise = self.draw_noise(shape)
         else:
             noise = tf.random.stateless_normal(shape, seed=seed)
-        return self.posterior.sample(parameters, noise)
+        z, log_q, _ = self.sample_latents(images, noise, training)
+        return z, log_q
+
+    def sample_latents(self, images, noise, training: bool = False):
+        """Reparameterized z ~ q(z|x) from given standard normal noise, with log q(z|x).
+
+        The one place where the objectives, `posterior_sample` and the export draw z.
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            noise: standard normal `[..., B, latent_dim]` (leading axes draw several z per image).
+            training: bool. Passed to the encoder.
+
+        Returns:
+            `(z, log_q, posterior)`: float32 `[..., B, D]` and `[..., B]`, and q(z|x) as a TFP
+            distribution (batch `[B]`, event `[D]`) when it is one (the diagonal Gaussian: the
+            KL is analytic), else None (the KL is the Monte-Carlo estimate at z).
+        """
+        parameters = self.posterior_parameters(images, training)
+        z, log_q = self.posterior.sample(parameters, noise)
+        return z, log_q, self.posterior.distribution(parameters)
 
     def encode_base(self, images, training: bool = False):
         """Returns the encoder's diagonal Gaussian for `images`, batch `[B]`, event `[latent_dim]`.
@@ -389,7 +429,11 @@ class VAE(keras.Model):
 
     def decode(self, z, training: bool = False):
         """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
-        return self.likelihood.distribution(self.decoder(z, training=training))
+        return self.likelihood.distribution(self.decoder_parameters(z, training=training))
+
+    def decoder_parameters(self, z, training: bool = False):
+        """The likelihood's parameters `[B, H, W, C * P]` for z `[B, latent_dim]`."""
+        return self.decoder(z, training=training)
 
     def prior_distribution(self):
         """Returns p(z), event shape `[latent_dim]`.
@@ -399,15 +443,15 @@ class VAE(keras.Model):
         components computed once at the start of the call (`_evaluation_prior`).
         """
         if self._use_evaluation_prior:
-            return self.prior.evaluation_distribution(self.latent_dim)
+            return self.prior.evaluation_distribution(self.prior_latent_dim)
         if self.prior.uses_encoder:
-            return self.prior.distribution(self.latent_dim, encode=self.encode_base)
-        return self.prior.distribution(self.latent_dim)
+            return self.prior.distribution(self.prior_latent_dim, encode=self.encode_base)
+        return self.prior.distribution(self.prior_latent_dim)
 
     def _prepare_evaluation_prior(self):
         """Computes the prior's encoder-dependent parts once, for one evaluation call."""
         if self.prior.uses_encoder:
-            self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+            self.prior.prepare_evaluation(self.prior_latent_dim, encode=self.encode_base)
 
     @contextlib.contextmanager
     def _evaluation_prior(self):
@@ -445,12 +489,11 @@ class VAE(keras.Model):
             The dict of `tfvae.objectives.elbo_terms`: `reconstruction`, `kl`, `elbo`,
             `objective`, each `[B]` float32.
         """
-        parameters = self.posterior_parameters(images, training)
-        z, log_q = self.posterior.sample(parameters, self.draw_noise(tf.shape(parameters.loc)))
+        noise = self.draw_noise(tf.stack([tf.shape(images)[0], self.latent_dim]))
+        z, log_q, posterior = self.sample_latents(images, noise, training)
         likelihood = self.decode(z, training=training)
         return elbo_terms(
-            images, likelihood, self.posterior.distribution(parameters), self.prior_distribution(),
-            z, self.beta_variable, log_q,
+            images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable, log_q
         )
 
     def call(self, inputs, training=False):
@@ -473,7 +516,7 @@ class VAE(keras.Model):
         if not sample_latent:
             return self(images, training=False)
         z, _ = self.posterior_sample(images)
-        return self.likelihood.mean(self.decoder(z[0], training=False))
+        return self.likelihood.mean(self.decoder_parameters(z[0], training=False))
 
     def sample(self, num_samples: int, seed: int | None = None):
         """Draws z from the prior and returns the mean images of p(x|z), `[n, H, W, C]`.
@@ -492,7 +535,7 @@ class VAE(keras.Model):
         # TFP takes a shape-[2] integer tensor as a stateless seed.
         stateless_seed = keras.random.randint((2,), 0, 2**31 - 1, dtype="int32", seed=generator)
         z = self.prior_distribution().sample(int(num_samples), seed=stateless_seed)
-        return self.likelihood.mean(self.decoder(z, training=False))
+        return self.likelihood.mean(self.decoder_parameters(z, training=False))
 
     # ------------------------------------------------------------------ evaluation
     @tf.function(reduce_retracing=True)
@@ -549,7 +592,7 @@ class VAE(keras.Model):
         # single Gaussian's log p(z) is negligible beside a decode).
         components = self.prior.components
         prior_width = (
-            -(-components * self.latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
+            -(-components * self.prior_latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
         )
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
@@ -727,11 +770,14 @@ class VAE(keras.Model):
         )
         return config
 
+    #: The constructor arguments serialized as nested Keras objects (a subclass adds its own).
+    _SERIALIZED_PARTS = ("encoder", "decoder", "likelihood", "prior", "posterior", "objective")
+
     @classmethod
     def from_config(cls, config):
         # Keras's deserialization consumes nested dicts; keep the caller's config intact.
         config = copy.deepcopy(config)
-        for key in ("encoder", "decoder", "likelihood", "prior", "posterior", "objective"):
+        for key in cls._SERIALIZED_PARTS:
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
