@@ -233,6 +233,13 @@ def test_shapes_of_encode_decode_sample_and_the_prior():
     np.testing.assert_array_equal(vae.decode(shifted).mean(), vae.decode(z).mean())
     assert vae.sample(4, seed=1).shape == (4, 8, 8, 1)
     np.testing.assert_array_equal(vae.sample(4, seed=1), vae.sample(4, seed=1))
+    # The point `vae(x)` decodes is the mean of `encode` (q(z2|x) is the diagonal Gaussian here).
+    np.testing.assert_allclose(vae.posterior_point(images), vae.encode(images).mean(), rtol=1e-6)
+    np.testing.assert_allclose(vae(images), vae.decode(vae.encode(images).mean()).mean(), rtol=1e-6)
+    # The posterior diagnostics see both layers, with the joint Monte-Carlo KL.
+    report = tfvae.diagnostics.posterior_diagnostics(vae, images)
+    assert report["latent_dim"] == 5 and len(report["posterior_mean_variance"]) == 5
+    assert report["mutual_information"] is None and np.isfinite(report["kl"])
 
 
 _TF_ONLY_SCRIPT = textwrap.dedent(

@@ -496,9 +496,14 @@ class VAE(keras.Model):
             images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable, log_q
         )
 
+    def posterior_point(self, images, training: bool = False):
+        """A deterministic z per image, `[B, latent_dim]`: the posterior's sample at zero noise
+        (its mean for the diagonal Gaussian, the flow applied to the base mean for `iaf`)."""
+        return self.posterior.point(self.posterior_parameters(images, training))
+
     def call(self, inputs, training=False):
-        z = self.posterior.point(self.posterior_parameters(inputs, training))
-        return self.likelihood.mean(self.decoder(z, training=training))
+        z = self.posterior_point(inputs, training)
+        return self.likelihood.mean(self.decoder_parameters(z, training=training))
 
     def reconstruct(self, images, sample_latent: bool = False):
         """Returns the mean of p(x|z) for z the posterior's point (or a posterior sample).
