@@ -330,3 +330,25 @@ def test_one_sgd_step_on_two_replicas_equals_one_device():
     assert max(result["weight_differences"].values()) < 1e-6, result["weight_differences"]
     for name in ("loss", "elbo", "kl", "reconstruction"):
         assert result["mirrored_logs"][name] == pytest.approx(result["single_logs"][name], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_keras_tuner_searches_one_and_two_stochastic_layers(binary_digits, tmp_path):
+    import keras_tuner  # noqa: PLC0415
+
+    from tfvae.tuning import VAEHyperModel  # noqa: PLC0415
+
+    train_images, validation_images = binary_digits
+    hypermodel = VAEHyperModel(
+        (8, 8, 1), latent_dims=(2,), filters=((4,),), hidden_units=8, stochastic_layers=(1, 2)
+    )
+    tuner = keras_tuner.GridSearch(hypermodel, objective="val_loss", directory=tmp_path, project_name="search")
+    tuner.search(train_images[:128], validation_data=validation_images, epochs=1, batch_size=64, verbose=0)
+    trials = tuner.oracle.get_best_trials(2)
+    assert sorted(trial.hyperparameters["stochastic_layers"] for trial in trials) == [1, 2]
+    for trial in trials:
+        model = tuner.load_model(trial)  # the trial's weights, loaded into a model its hp builds
+        assert isinstance(model, tfvae.TwoLayerVAE) == (trial.hyperparameters["stochastic_layers"] == 2)
+        assert math.isfinite(trial.score)
+    with pytest.raises(ValueError, match="no free bits and no DReG with two stochastic layers"):
+        VAEHyperModel((8, 8, 1), latent_dims=(2,), free_bits=(0.0, 0.5), stochastic_layers=(2,))
