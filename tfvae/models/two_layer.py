@@ -178,14 +178,14 @@ class TwoLayerVAE(VAE):
                     f"Expected the {name} to be a keras.Model or keras.layers.Layer. Received: {name}={part!r}"
                 )
         try:
-            image_shape = _shape_tuple(encoder.input_shape)[1:]
+            input_shape = _shape_tuple(encoder.input_shape)
         except (AttributeError, ValueError):
-            image_shape = ()
-        if len(image_shape) != 3 or None in image_shape:
+            input_shape = None
+        if input_shape is None or len(input_shape) != 4 or None in input_shape[1:]:
             raise ValueError(
-                "Expected an encoder with a known input shape (None, H, W, C). "
-                f"Received: {getattr(encoder, 'input_shape', None)}"
+                f"Expected an encoder with a known input shape (None, H, W, C). Received: {input_shape}"
             )
+        image_shape = input_shape[1:]
         context_units = self.posterior.context_units
         names = ["loc", "raw_scale", *(["context"] if context_units else []), "features"]
         outputs = encoder.compute_output_spec(keras.KerasTensor((None, *image_shape)))
