@@ -13,6 +13,8 @@ from tfvae.version import __version__
 _PUBLIC_NAMES = {
     "ConditionalVAE": "tfvae.models",
     "VAE": "tfvae.models",
+    "TwoLayerVAE": "tfvae.models",
+    "build_conv_two_layer_vae": "tfvae.models",
     "build_conv_decoder": "tfvae.models",
     "build_conv_encoder": "tfvae.models",
     "build_conv_vae": "tfvae.models",
@@ -28,8 +30,10 @@ _PUBLIC_NAMES = {
 
 __all__ = [
     "ConditionalVAE",
+    "TwoLayerVAE",
     "VAE",
     "__version__",
+    "build_conv_two_layer_vae",
     "build_conv_decoder",
     "build_conv_encoder",
     "build_conv_vae",

@@ -259,14 +259,14 @@ def _batch_statistics_function(vae):
             return _statistics(images, batch_seed)
 
     def _statistics(images, batch_seed):
-        if not model().posterior.factorized:
-            # A flow: z and log q(z|x) come from its sampler; E_q[z|x] has no closed form, so the
-            # posterior's point (the flow at zero noise) stands for it in the active units.
+        if not model().posterior_factorized:
+            # A flow (or two stochastic layers): z and log q(z|x) come from its sampler; E_q[z|x]
+            # has no closed form, so the posterior's point (the sample at zero noise) stands for
+            # it in the active units.
             z, log_q = model().posterior_sample(images, 1, seed=batch_seed)
-            parameters = model().posterior_parameters(images)
             return {
                 "z": z[0],
-                "mean": model().posterior.point(parameters),
+                "mean": model().posterior_point(images),
                 "kl": kl_divergence(None, model().prior_distribution(), z[0], log_q[0]),
             }
         posterior, prior = model().encode(images), model().prior_distribution()
@@ -317,7 +317,7 @@ def posterior_diagnostics(
           (`[D]`, Cov_x(E_q[z_d|x]));
           `kl`: the mean KL(q(z|x) || p(z)) per example (Monte-Carlo at z_i when no closed form);
           `kl_per_dimension`: `[D]` means (summing to `kl`), or None when q or p does not factorize;
-          `mutual_information` (nats; None for a flow posterior, `iaf`, whose q(z|x) is not
+          `mutual_information` (nats; None for a flow posterior, `iaf`, or a `TwoLayerVAE`, whose q(z|x) is not
           evaluated at other images' samples), `mutual_information_examples` (N of the estimate)
           and `mutual_information_max` (log N, its upper bound). For a flow, the active units use
           the posterior's point (the flow at zero noise) for E_q[z|x].
@@ -339,7 +339,7 @@ def posterior_diagnostics(
         batch_labels = vae.one_hot(batch_labels, int(images.shape[0])) if conditional else None
         statistics = batch_statistics(images, tf.constant([seed, step], tf.int32), batch_labels)
         batches.append({key: value.numpy() for key, value in statistics.items()})
-        if not vae.posterior.factorized:
+        if not vae.posterior_factorized:
             pass  # I(x; z) needs q(z_i|x_j) at other images' samples: no inverse pass of a flow
         elif "stddev" not in statistics and mi_examples < max_mutual_information_examples:
             # A posterior without a closed-form pairwise density: kept as a distribution.
@@ -349,7 +349,7 @@ def posterior_diagnostics(
     if not batches:
         raise ValueError("Expected at least 2 examples. Received: empty data")
     values = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
-    if not vae.posterior.factorized:
+    if not vae.posterior_factorized:
         posterior = None
     elif "stddev" in values:
         posterior = tfd.MultivariateNormalDiag(

@@ -111,7 +111,7 @@ class _Endpoints:
         return self._decoded(z)
 
     def _decoded(self, z):
-        parameters = self.vae.decoder(self.vae._decoder_inputs(z), training=False)
+        parameters = self.vae.decoder_parameters(z, training=False)
         return {
             "images": _float32(self.vae.likelihood.mean(parameters)),
             "parameters": _float32(parameters),
@@ -129,11 +129,13 @@ class _Endpoints:
         return {"images": _float32(self.vae(images, training=False))}
 
     def elbo(self, images, seed):
-        parameters = self.vae.posterior_parameters(images, training=False)
-        z, log_q = self._posterior_sample(images, 1, seed)
+        noise = tf.random.stateless_normal(
+            tf.stack([1, tf.shape(images)[0], self.vae.latent_dim]), seed=stateless_seed(seed)
+        )
+        z, log_q, posterior = self.vae.sample_latents(images, noise, training=False)
         terms = elbo_terms(
-            images, self.vae.decode(z[0]), self.vae.posterior.distribution(parameters),
-            self.vae.prior_distribution(), z[0], log_q=log_q[0],
+            images, self.vae.decode(z[0]), posterior, self.vae.prior_distribution(), z[0],
+            log_q=log_q[0],
         )
         return {name: terms[name] for name in ENDPOINTS["elbo"]["outputs"]}
 
@@ -260,6 +262,7 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "latent_dim": int(vae.latent_dim),
+        "latent_dims": [int(d) for d in vae.latent_dims],
         "image_shape": [int(d) for d in vae.image_shape],
         "image_dtype": "float32",
         # The Bernoulli likelihood scores gray levels in [0, 1] as pixel probabilities, so

@@ -168,9 +168,9 @@ class VAE(keras.Model):
         self._use_evaluation_prior = False
         self.prior.configure(self.image_shape)
         if not self.prior.built:
-            self.prior.build((self.latent_dim,))
+            self.prior.build((self.prior_latent_dim,))
         if not self.posterior.built:
-            self.posterior.build((self.latent_dim,))
+            self.posterior.build((self.prior_latent_dim,))
         self.build(self._call_input_shape())
         self.objective.check_model(self)
 
@@ -368,6 +368,27 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------ the probabilistic model
     @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """The sizes of the stochastic layers, `(latent_dim,)` here; z concatenates them."""
+        return (self.latent_dim,)
+
+    @property
+    def prior_latent_dim(self) -> int:
+        """The size of the latent the `prior` and `posterior` seams act on: `latent_dim` here,
+        the top layer's in a hierarchical model."""
+        return self.latent_dim
+
+    @property
+    def posterior_factorized(self) -> bool:
+        """Whether q(z|x) is the diagonal Gaussian of `encode` (free bits and DReG need it)."""
+        return self.posterior.factorized
+
+    @property
+    def posterior_description(self) -> str:
+        """q(z|x) as error messages name it."""
+        return type(self.posterior).__name__
+
+    @property
     def beta(self) -> keras.Variable:
         """The KL weight: a non-trainable scalar float32 `keras.Variable` read by every step.
 
@@ -430,13 +451,32 @@ class VAE(keras.Model):
         Returns:
             `(z, log_q)`: float32 `[K, B, D]` and `[K, B]`.
         """
-        parameters = self.posterior_parameters(images, training)
-        shape = tf.concat([[num_samples], tf.shape(parameters.loc)], 0)
+        shape = tf.stack([num_samples, tf.shape(images)[0], self.latent_dim])
         if seed is None:
             noise = self.draw_noise(shape)
         else:
             noise = tf.random.stateless_normal(shape, seed=seed)
-        return self.posterior.sample(parameters, noise)
+        z, log_q, _ = self.sample_latents(images, noise, training)
+        return z, log_q
+
+    def sample_latents(self, images, noise, training: bool = False):
+        """Reparameterized z ~ q(z|x) from given standard normal noise, with log q(z|x).
+
+        The one place where the objectives, `posterior_sample` and the export draw z.
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            noise: standard normal `[..., B, latent_dim]` (leading axes draw several z per image).
+            training: bool. Passed to the encoder.
+
+        Returns:
+            `(z, log_q, posterior)`: float32 `[..., B, D]` and `[..., B]`, and q(z|x) as a TFP
+            distribution (batch `[B]`, event `[D]`) when it is one (the diagonal Gaussian: the
+            KL is analytic), else None (the KL is the Monte-Carlo estimate at z).
+        """
+        parameters = self.posterior_parameters(images, training)
+        z, log_q = self.posterior.sample(parameters, noise)
+        return z, log_q, self.posterior.distribution(parameters)
 
     def encode_base(self, images, training: bool = False):
         """Returns the encoder's diagonal Gaussian for `images`, batch `[B]`, event `[latent_dim]`.
@@ -454,7 +494,11 @@ class VAE(keras.Model):
             ValueError: labels given (this model is not conditional; see `ConditionalVAE`).
         """
         self._refuse_labels(labels, "decode")
-        return self.likelihood.distribution(self.decoder(self._decoder_inputs(z), training=training))
+        return self.likelihood.distribution(self.decoder_parameters(z, training=training))
+
+    def decoder_parameters(self, z, training: bool = False):
+        """The likelihood's parameters `[B, H, W, C * P]` for z `[B, latent_dim]`."""
+        return self.decoder(self._decoder_inputs(z), training=training)
 
     def prior_distribution(self):
         """Returns p(z), event shape `[latent_dim]`.
@@ -464,15 +508,15 @@ class VAE(keras.Model):
         components computed once at the start of the call (`_evaluation_prior`).
         """
         if self._use_evaluation_prior:
-            return self.prior.evaluation_distribution(self.latent_dim)
+            return self.prior.evaluation_distribution(self.prior_latent_dim)
         if self.prior.uses_encoder:
-            return self.prior.distribution(self.latent_dim, encode=self.encode_base)
-        return self.prior.distribution(self.latent_dim)
+            return self.prior.distribution(self.prior_latent_dim, encode=self.encode_base)
+        return self.prior.distribution(self.prior_latent_dim)
 
     def _prepare_evaluation_prior(self):
         """Computes the prior's encoder-dependent parts once, for one evaluation call."""
         if self.prior.uses_encoder:
-            self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+            self.prior.prepare_evaluation(self.prior_latent_dim, encode=self.encode_base)
 
     @contextlib.contextmanager
     def _evaluation_prior(self):
@@ -510,17 +554,21 @@ class VAE(keras.Model):
             The dict of `tfvae.objectives.elbo_terms`: `reconstruction`, `kl`, `elbo`,
             `objective`, each `[B]` float32.
         """
-        parameters = self.posterior_parameters(images, training)
-        z, log_q = self.posterior.sample(parameters, self.draw_noise(tf.shape(parameters.loc)))
+        noise = self.draw_noise(tf.stack([tf.shape(images)[0], self.latent_dim]))
+        z, log_q, posterior = self.sample_latents(images, noise, training)
         likelihood = self.decode(z, training=training)
         return elbo_terms(
-            images, likelihood, self.posterior.distribution(parameters), self.prior_distribution(),
-            z, self.beta_variable, log_q,
+            images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable, log_q
         )
 
+    def posterior_point(self, images, training: bool = False):
+        """A deterministic z per image, `[B, latent_dim]`: the posterior's sample at zero noise
+        (its mean for the diagonal Gaussian, the flow applied to the base mean for `iaf`)."""
+        return self.posterior.point(self.posterior_parameters(images, training))
+
     def call(self, inputs, training=False):
-        z = self.posterior.point(self.posterior_parameters(inputs, training))
-        return self.likelihood.mean(self.decoder(self._decoder_inputs(z), training=training))
+        z = self.posterior_point(inputs, training)
+        return self.likelihood.mean(self.decoder_parameters(z, training=training))
 
     def reconstruct(self, images, labels=None, sample_latent: bool = False):
         """Returns the mean of p(x|z) for z the posterior's point (or a posterior sample).
@@ -543,7 +591,7 @@ class VAE(keras.Model):
         if not sample_latent:
             return self(images, training=False)
         z, _ = self.posterior_sample(images)
-        return self.likelihood.mean(self.decoder(self._decoder_inputs(z[0]), training=False))
+        return self.likelihood.mean(self.decoder_parameters(z[0], training=False))
 
     def sample(self, num_samples: int, seed: int | None = None, labels=None):
         """Draws z from the prior and returns the mean images of p(x|z), `[n, H, W, C]`.
@@ -560,7 +608,7 @@ class VAE(keras.Model):
         self._refuse_labels(labels, "sample")
         num_samples = _check_num_samples(num_samples)
         z = self._draw_prior(num_samples, self._sampling_seed(seed))
-        return self.likelihood.mean(self.decoder(self._decoder_inputs(z), training=False))
+        return self.likelihood.mean(self.decoder_parameters(z, training=False))
 
     def _draw_prior(self, num_samples: int, seed):
         """`num_samples` draws of z ~ p(z), `[n, D]`, from the stateless `seed`."""
@@ -638,7 +686,7 @@ class VAE(keras.Model):
         # single Gaussian's log p(z) is negligible beside a decode).
         components = self.prior.components
         prior_width = (
-            -(-components * self.latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
+            -(-components * self.prior_latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
         )
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
@@ -817,11 +865,14 @@ class VAE(keras.Model):
         )
         return config
 
+    #: The constructor arguments serialized as nested Keras objects (a subclass adds its own).
+    _SERIALIZED_PARTS = ("encoder", "decoder", "likelihood", "prior", "posterior", "objective")
+
     @classmethod
     def from_config(cls, config):
         # Keras's deserialization consumes nested dicts; keep the caller's config intact.
         config = copy.deepcopy(config)
-        for key in ("encoder", "decoder", "likelihood", "prior", "posterior", "objective"):
+        for key in cls._SERIALIZED_PARTS:
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
