@@ -166,7 +166,7 @@ def test_every_expected_tutorial_is_there():
     names = [path.name for path in NOTEBOOKS]
     for expected in ("01_quickstart.ipynb", "02_your_own_architecture.ipynb",
                      "03_tuning_the_latent_size.ipynb", "04_distributed_training.ipynb",
-                     "05_export_and_serve.ipynb"):
+                     "05_export_and_serve.ipynb", "06_conditional_generation.ipynb"):
         assert expected in names
 
 

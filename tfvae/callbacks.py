@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 from keras.src.saving import saving_lib  # noqa: PLC2701 (save_model into a file object)
 
+from tfvae import pictures
 from tfvae.files import write_bytes_atomic
-from tfvae.images import image_grid, interleave_pairs
 
 
 def model_bytes(model: keras.Model) -> bytes:
@@ -184,17 +184,22 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 class ImageSummaries(keras.callbacks.Callback):
     """Logs sample and reconstruction grids to TensorBoard after every epoch.
 
+    For a conditional model (`tfvae.ConditionalVAE`) the samples grid has one row per class and
+    the reconstructions are given the images' `labels`.
+
     Args:
         log_dir: str. A TensorBoard log directory (e.g. the run's `logs/images`).
         images: array `[N, H, W, C]` of validation images to reconstruct (a few dozen).
         num_samples: int. Prior samples per grid.
         seed: int. The same prior samples every epoch, so the grids show progress.
+        labels: None, or the class ids `[N]` of `images`, which a conditional model needs.
     """
 
-    def __init__(self, log_dir, images, num_samples: int = 64, seed: int = 0):
+    def __init__(self, log_dir, images, num_samples: int = 64, seed: int = 0, labels=None):
         super().__init__()
         self.log_dir = str(log_dir)
         self.images = np.asarray(images)
+        self.labels = None if labels is None else np.asarray(labels)
         self.num_samples = num_samples
         self.seed = seed
         self._writer = None
@@ -203,11 +208,11 @@ class ImageSummaries(keras.callbacks.Callback):
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        samples = image_grid(np.asarray(self.model.sample(self.num_samples, seed=self.seed)))
-        pairs = interleave_pairs(self.images, np.asarray(self.model.reconstruct(self.images)))
+        samples = pictures.sample_grid(self.model, self.num_samples, seed=self.seed)
+        reconstructions = pictures.reconstruction_grid(self.model, self.images, self.labels)
         with self._writer.as_default():
             tf.summary.image("samples", samples[np.newaxis], step=epoch)
-            tf.summary.image("reconstructions", image_grid(pairs, columns=8)[np.newaxis], step=epoch)
+            tf.summary.image("reconstructions", reconstructions[np.newaxis], step=epoch)
         self._writer.flush()
 
     def on_train_end(self, logs=None):

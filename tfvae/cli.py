@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 from tfvae.config import (
+    CLASS_PRIOR_NAMES,
     DATA_FIELDS,
     LIKELIHOOD_NAMES,
     MIXED_PRECISION_POLICIES,
@@ -82,6 +83,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- train
 # Flags of `train` that map one to one onto TrainConfig fields (as do the data flags).
 _TRAIN_SETTINGS = (
+    ("--conditional", dict(action="store_true", help="train a conditional VAE (tfvae.ConditionalVAE) on the data's class labels: q(z|x,y), p(x|z,y); the data must have labels (see README, Conditional VAE)")),
+    ("--class-prior", dict(choices=list(CLASS_PRIOR_NAMES), help="p(z|y) of --conditional: standard_normal (N(0, I) for every class) or learned (a Gaussian per class) (default: %(default)s)")),
     ("--latent-dim", dict(type=_positive_int, help="size of z (default: %(default)s)")),
     ("--filters", dict(type=_int_list, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")),
     ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
@@ -292,12 +295,16 @@ def _add_sample_command(subparsers) -> None:
         "sample",
         help="draw images from a trained run's model into a PNG grid",
         description="Decode samples of the prior into a PNG grid; or interpolate between prior "
-        "samples (--interpolate); or sweep one latent dimension with the others fixed (--traverse DIM).",
+        "samples (--interpolate); or sweep one latent dimension with the others fixed (--traverse DIM). "
+        "For a conditional run (trained with --conditional), --label Y draws every image of class Y; "
+        "without it the grid has one row per class (n / classes images each; with --interpolate or "
+        "--traverse, row r is decoded under class r modulo the classes).",
     )
     _add_model_arguments(parser)
-    parser.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default: %(default)s); with --interpolate/--traverse, rows = n / steps")
+    parser.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default: %(default)s); with --interpolate/--traverse, rows = n / steps; a conditional run without --label draws n / classes per class")
     parser.add_argument("--out", default="samples.png", help="the PNG file to write, which must not exist (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: %(default)s)")
+    parser.add_argument("--label", type=int, metavar="Y", help="a conditional run's class to draw (default: one row per class)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--interpolate", action="store_true", help="rows of straight lines in latent space between pairs of prior samples")
     mode.add_argument("--traverse", type=_non_negative_int, metavar="DIM", help="rows that vary latent dimension DIM from -3 to 3, the others fixed")
@@ -320,20 +327,50 @@ def _run_sample(args) -> int:
     from tfvae.training import load_run_model  # noqa: PLC0415
 
     vae = load_run_model(args.run_dir, args.checkpoint)
+    num_classes = pictures.model_classes(vae)
+    _check_label(num_classes, args.label)
     scale = pictures.upscale_for(vae.image_shape)
     if args.interpolate or args.traverse is not None:
         rows = max(1, args.num_samples // args.steps)
-        z = np.asarray(vae.prior_distribution().sample(2 * rows, seed=[args.seed, 1]))
+        row_labels = _row_labels(num_classes, args.label, rows)
+        both = None if row_labels is None else np.concatenate([row_labels, row_labels])
+        z = pictures.prior_latents(vae, 2 * rows, seed=[args.seed, 1], labels=both)
         if args.interpolate:
-            images = pictures.decode_mean(vae, pictures.interpolate_latents(z[:rows], z[rows:], args.steps))
+            path = pictures.interpolate_latents(z[:rows], z[rows:], args.steps)
+            images = pictures.decode_mean(vae, path, None if row_labels is None else np.repeat(row_labels, args.steps))
         else:
-            images = pictures.latent_traversal(vae, args.traverse, z[:rows], steps=args.steps)
+            images = pictures.latent_traversal(vae, args.traverse, z[:rows], steps=args.steps, labels=row_labels)
         grid = image_grid(images, columns=args.steps, scale=scale)
     else:
-        grid = image_grid(np.asarray(vae.sample(args.num_samples, seed=args.seed)), scale=scale)
+        grid = pictures.sample_grid(vae, args.num_samples, seed=args.seed, label=args.label, scale=scale)
     save_png(out, grid)
     print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]} pixels)")
     return 0
+
+
+def _check_label(num_classes: int | None, label: int | None) -> None:
+    """Raises ValueError for `--label` on an unconditional run (num_classes None) or outside
+    the run's classes."""
+    if label is None:
+        return
+    if num_classes is None:
+        raise ValueError(f"Expected --label only for a conditional run (trained with --conditional). "
+                         f"Received: --label {label} for an unconditional model")
+    if not 0 <= label < num_classes:
+        raise ValueError(f"Expected --label in [0, {num_classes - 1}], the run's {num_classes} classes. "
+                         f"Received: --label {label}")
+
+
+def _row_labels(num_classes: int | None, label: int | None, rows: int):
+    """The class of each row of an interpolation or traversal: `label`, or r mod C for row r;
+    None for an unconditional model (num_classes None)."""
+    import numpy as np  # noqa: PLC0415
+
+    if num_classes is None:
+        return None
+    if label is not None:
+        return np.full([rows], label, np.int64)
+    return np.arange(rows, dtype=np.int64) % num_classes
 
 
 # --------------------------------------------------------------------------- export
@@ -384,7 +421,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 #: The flags of `train` that `tune` keeps fixed for every trial.
-_TUNE_FIXED_SETTINGS = ("--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--posterior", "--iaf-steps", "--iaf-context-units", "--prior", "--prior-components", "--beta", "--batch-size", "--learning-rate", "--seed")
+_TUNE_FIXED_SETTINGS = ("--conditional", "--class-prior", "--filters", "--hidden-units", "--likelihood", "--likelihood-components", "--posterior", "--iaf-steps", "--iaf-context-units", "--prior", "--prior-components", "--beta", "--batch-size", "--learning-rate", "--seed")
 
 
 def _posterior_list(text: str) -> tuple[str, ...]:

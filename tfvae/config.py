@@ -73,6 +73,9 @@ LIKELIHOOD_NAMES = (
 
 #: The prior names `tfvae train` accepts (the registry `tfvae.distributions.PRIORS`).
 PRIOR_NAMES = ("mixture", "standard_normal", "vamp")
+#: p(z|y) of a conditional model: N(0, I) for every class, or a learned Gaussian per class
+#: (`tfvae.ConditionalVAE`'s class_prior).
+CLASS_PRIOR_NAMES = ("standard_normal", "learned")
 
 
 #: The posterior names `tfvae train` accepts (the registry of `tfvae.distributions.POSTERIORS`).
@@ -148,6 +151,8 @@ class TrainConfig:
             labels=True)`): the data must have labels; the run records their num_classes.
         num_classes: int or None. The classes of a conditional run's data, recorded by the run
             (None for an unconditional run).
+        class_prior: str. p(z|y) of a conditional run, a name in `CLASS_PRIOR_NAMES`:
+            "standard_normal" (N(0, I) for every class) or "learned" (a Gaussian per class).
         latent_dim: int. The size of z.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
@@ -188,6 +193,7 @@ class TrainConfig:
     test_dataset: str | None = None
     conditional: bool = False
     num_classes: int | None = None
+    class_prior: str = "standard_normal"
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = 256
@@ -289,6 +295,15 @@ class TrainConfig:
                 "Expected num_classes to be None, or an integer >= 2 with conditional=True (a conditional run "
                 f"records it from its data). Received: num_classes={self.num_classes!r}, "
                 f"conditional={self.conditional!r}"
+            )
+        if self.class_prior not in CLASS_PRIOR_NAMES:
+            raise ValueError(
+                f"Expected class_prior to be one of {list(CLASS_PRIOR_NAMES)}. Received: class_prior={self.class_prior!r}"
+            )
+        if self.class_prior != "standard_normal" and not self.conditional:
+            raise ValueError(
+                "Expected class_prior only with conditional=True (a prior per class needs labels). "
+                f"Received: class_prior={self.class_prior!r}, conditional=False"
             )
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.
         if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):

@@ -163,7 +163,8 @@ def score(
         `{"source", "split", "scored", "binarization", "elbo", "iw_nll", "num_samples",
         "num_examples", "data"}`: `scored` says which examples in words (e.g. "all 500 examples
         of local file 'test.npz'"); per-image nats; `elbo` is a single-sample estimate; `data`
-        is the `data_kind`; plus `bits_per_dim` where `bits_per_dim` defines it, else
+        is the `data_kind`; for a conditional model `num_classes` (its ELBO and NLL are those
+        of p(x|y), given the data's labels); plus `bits_per_dim` where `bits_per_dim` defines it, else
         `bits_per_dim_unavailable`, its one-line reason.
 
     Raises:
@@ -188,6 +189,9 @@ def score(
         "num_examples": int(len(nll)),
         "data": data_kind(data, held_out.dequantized),
     }
+    num_classes = getattr(vae, "num_classes", None)
+    if num_classes is not None:  # a conditional model: the NLL is -log p(x|y), given the data's labels
+        result["num_classes"] = num_classes
     try:
         result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, vae.likelihood, result["data"])
     except ValueError as reason:
@@ -343,6 +347,7 @@ def diagnostic_rows(result: dict) -> list[tuple[str, str]]:
 
 def format_table(result: dict) -> str:
     """A readable table of an `evaluate_run` result."""
+    given = " -log p(x|y)" if "num_classes" in result else ""
     rows = [
         ("run", result["run_dir"]),
         ("checkpoint", result["checkpoint"]),
@@ -352,7 +357,7 @@ def format_table(result: dict) -> str:
         ("binarization", result["binarization"]),
         ("examples", str(result["num_examples"])),
         ("ELBO (nats/image)", f"{result['elbo']:.3f}"),
-        (f"IW NLL, K={result['num_samples']} (nats/image)", f"{result['iw_nll']:.3f}"),
+        (f"IW NLL{given}, K={result['num_samples']} (nats/image)", f"{result['iw_nll']:.3f}"),
     ]
     if "bits_per_dim" in result:
         rows.append(("bits/dim", f"{result['bits_per_dim']:.4f}"))

@@ -10,7 +10,9 @@ A run directory holds everything about one run:
     metrics.csv            one row per epoch
     metrics.json           the final metrics
     samples.png, reconstructions.png, interpolations.png, loss_curves.png
-    latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist)
+    style_transfer.png     for a conditional run: each row one image's z under every class
+    latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist;
+                           no manifold for a conditional run)
     kl_per_dimension.png   the KL of each latent dimension (posterior-collapse diagnostics)
     test_metrics.json      with a test set (`test_dataset`): the last model's scores on it
 
@@ -285,25 +287,43 @@ def _finite_or_none(value) -> float | None:
 def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
     """Writes the run's pictures for `vae`; returns their file names.
 
+    A conditional model (`tfvae.ConditionalVAE`) is given the images' labels: its samples have
+    one row per class, its reconstructions and interpolations are encoded under the images'
+    labels (each interpolation decoded under its first image's label), and `style_transfer.png`
+    shows one validation image of each class per row, then its z decoded under every class. Its
+    latent manifold is not drawn (it would take one per class).
+
     Args:
         vae: a trained `tfvae.VAE`.
         run_dir: the run directory.
         images: validation images `[N, H, W, C]`: reconstructions need N >= 1,
             interpolations N >= 2 (a tiny validation split gets only the pictures it allows).
-        labels: their labels `[N]`, or None.
+        labels: their labels `[N]`, or None (a conditional model needs them).
         seed: seeds the prior samples.
     """
+    conditional = pictures.model_classes(vae) is not None
+    given = labels if conditional else None
     written = ["samples.png"]
     pictures.save_samples(vae, run_dir / "samples.png", GRID_SIZE, seed=seed)
     if len(images) >= 1:
-        pictures.save_reconstructions(vae, images[: GRID_SIZE // 2], run_dir / "reconstructions.png")
+        count = GRID_SIZE // 2
+        pictures.save_reconstructions(
+            vae, images[:count], run_dir / "reconstructions.png", None if given is None else given[:count]
+        )
         written.append("reconstructions.png")
+    if len(images) >= 1 and conditional:
+        rows = pictures.first_of_each_class(given)
+        pictures.save_style_transfer(vae, images[rows], given[rows], run_dir / "style_transfer.png")
+        written.append("style_transfer.png")
     if len(images) >= 2:
-        pictures.save_interpolations(vae, images[:16], run_dir / "interpolations.png")
+        pictures.save_interpolations(
+            vae, images[:16], run_dir / "interpolations.png", labels=None if given is None else given[:16]
+        )
         written.append("interpolations.png")
     if vae.latent_dim == 2:
-        pictures.save_manifold(vae, run_dir / "latent_manifold.png")
-        written.append("latent_manifold.png")
+        if not conditional:
+            pictures.save_manifold(vae, run_dir / "latent_manifold.png")
+            written.append("latent_manifold.png")
         if labels is not None:
             pictures.save_latent_scatter(vae, images, labels, run_dir / "latent_scatter.png")
             written.append("latent_scatter.png")
@@ -356,7 +376,7 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
             # A finished run (its backup was removed at the end): extend it from its last model.
             return keras.models.load_model(finished_model), len(read_metrics_csv(resume_dir / "metrics.csv"))
     # Only a conditional model takes labels (the model of `tfvae.models` with num_classes).
-    conditional = {"num_classes": config.num_classes} if config.conditional else {}
+    conditional = {"num_classes": config.num_classes, "class_prior": config.class_prior} if config.conditional else {}
     vae = build_conv_vae(
         image_shape,
         config.latent_dim,
@@ -497,7 +517,10 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
         best,
         MetricsCSVLogger(run_dir / "metrics.csv", previous_rows),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        ImageSummaries(run_dir / "logs" / "images", preview_images[:32], seed=config.seed),
+        ImageSummaries(
+            run_dir / "logs" / "images", preview_images[:32], seed=config.seed,
+            labels=preview_labels[:32] if config.conditional else None,
+        ),
         # Last: its metadata marks an epoch as done only once every file of that epoch is
         # written, so a run stopped by a full disk or a kill redoes that epoch on resume.
         AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=True),

@@ -455,9 +455,11 @@ class TuningConfig:
         if isinstance(self.max_trials, bool) or not isinstance(self.max_trials, int) or self.max_trials < 1:
             raise ValueError(f"Expected max_trials to be an integer >= 1. Received: max_trials={self.max_trials!r}")
 
-    def hypermodel(self, image_shape) -> VAEHyperModel:
-        """The `VAEHyperModel` of these settings for images of `image_shape`."""
+    def hypermodel(self, image_shape, num_classes: int | None = None) -> VAEHyperModel:
+        """The `VAEHyperModel` of these settings for images of `image_shape`; with
+        `train.conditional`, of conditional VAEs over the data's `num_classes`."""
         train = self.train
+        conditional = {"num_classes": num_classes, "class_prior": train.class_prior} if train.conditional else {}
         return VAEHyperModel(
             image_shape,
             latent_dims=self.latent_dims,
@@ -480,6 +482,7 @@ class TuningConfig:
             hidden_units=train.hidden_units,
             batch_sizes=self.batch_sizes,
             seed=train.seed,
+            **conditional,
         )
 
 
@@ -622,7 +625,7 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
     """
     keras.utils.set_random_seed(config.train.seed)
     data = load_data(config.train)  # first: a bad source must not leave a directory behind
-    hypermodel = config.hypermodel(data.image_shape)
+    hypermodel = config.hypermodel(data.image_shape, data.num_classes)
     run_dir, resumed = prepare_tuning_dir(config)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(run_dir)))
     write_json_atomic(run_dir / SETTINGS_FILE, dataclasses.asdict(config))

@@ -13,12 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvae.config import CLASS_PRIOR_NAMES
 from tfvae.distributions import ClassGaussianPrior, StandardNormalPrior, get_prior
 from tfvae.models.vae import VAE, _check_num_samples, _known_input_shape, _shape_tuple
 from tfvae.models.validation import check_num_classes
 
-#: The names of `class_prior`.
-CLASS_PRIORS = ("standard_normal", "learned")
+#: The names of `class_prior` (defined where the TF-free command line reads them).
+CLASS_PRIORS = CLASS_PRIOR_NAMES
 
 
 def _label_spec_error(argument: str, num_classes: int, received: str) -> ValueError:
