@@ -83,8 +83,8 @@ PRESETS: dict[str, Preset] = {
             notes="The VampPrior (500 pseudo-inputs) and an inverse autoregressive flow posterior "
             "(2 steps) on a larger latent space, with a 10-epoch linear KL warm-up that keeps "
             "latent units active. A training step measured 2.1-2.5x that of mnist-vae on this "
-            "machine (the VampPrior encodes its 500 pseudo-inputs every step), about 2 minutes "
-            "per epoch: 40 epochs fit about 90 minutes on 2 cores. float32, as mnist-vae. "
+            "machine (the VampPrior encodes its 500 pseudo-inputs every step), so about 2 minutes "
+            "per epoch by that ratio: 40 epochs fit about 90 minutes on 2 cores. float32, as mnist-vae. "
             "Unmeasured: its likelihood is unknown until benchmarks/results/mnist_likelihood.json "
             "records it.",
         ),
