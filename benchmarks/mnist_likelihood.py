@@ -12,7 +12,10 @@ with seed 1234:
                        a fixed subset, the first `--subset-size` (1,000) test images, and their
                        gap (so the K gap is measured, not assumed)
     active_units       dimensions with Cov_x(E_q[z_d | x]) > 0.01 on the test images
-    train.seconds, train.images_per_second, parameters
+    train.seconds      the wall time of `fit` (its epochs with their validation passes and
+                       checkpoints; a run resumed in a later session: extrapolated from the last)
+    train.images_per_second   training images x epochs / train.seconds
+    parameters         the model's parameter count
     test.seconds, test.decodes_per_second   the time of the K = 1000 evaluation (the ELBO pass
                        and the importance-weighted estimate) and examples x K / that time
 

@@ -104,7 +104,7 @@ def get_preset(name: str) -> Preset:
     Raises:
         ValueError: an unknown name (one line, listing the names).
     """
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}. Expected one of {list(PRESET_NAMES)} (see tfvae train --list-presets).")
     return PRESETS[name]
 
