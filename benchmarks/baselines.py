@@ -72,8 +72,10 @@ def build_minimal_vae(latent_dim: int = 16, seed: int = 0) -> MinimalVAE:
     return model
 
 
-def build_tfvae_keras_io(latent_dim: int = 16, seed: int = 0) -> VAE:
-    """tfvae's VAE with exactly the same networks, compiled with Adam(1e-3)."""
-    model = VAE(keras_io_encoder(latent_dim), keras_io_decoder(latent_dim), likelihood="bernoulli", seed=seed)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+def build_tfvae_keras_io(latent_dim: int = 16, seed: int = 0, image_shape=(28, 28, 1),
+                         learning_rate: float = 1e-3) -> VAE:
+    """tfvae's VAE with exactly the same networks, compiled with Adam(learning_rate)."""
+    model = VAE(keras_io_encoder(latent_dim, image_shape), keras_io_decoder(latent_dim, image_shape),
+                likelihood="bernoulli", seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     return model

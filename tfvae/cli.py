@@ -34,6 +34,7 @@ from tfvae.config import (
     TrainConfig,
 )
 from tfvae.data.arguments import add_data_arguments
+from tfvae.presets import PRESET_NAMES, apply_preset, format_presets
 
 EXIT_USER_ERROR = 2
 #: The shell's status for a process ended by SIGINT (128 + 2).
@@ -120,10 +121,12 @@ def _add_train_command(subparsers) -> None:
         "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json, pictures and, with "
         "--test-dataset, test_metrics.json (the test set scored once, after training). With no "
         "arguments it trains on scikit-learn's built-in 8x8 digits, offline. Settings come from "
-        "the defaults, then --config, then the flags typed here.",
+        "the defaults, then --preset, then --config, then the flags typed here.",
         allow_abbrev=False,  # typed flags are recognized by their full names (see _typed_settings)
     )
     parser.add_argument("--config", help="JSON or YAML file of settings (keys as the flags, e.g. latent_dim); flags given here override it")
+    parser.add_argument("--preset", metavar="NAME", help=f"start from a named configuration ({', '.join(PRESET_NAMES)}; see --list-presets); --config and flags override it; it names no data, give --dataset")
+    parser.add_argument("--list-presets", action=_ListPresets, help="print each preset's name, description and settings, and exit")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after an interruption (its config.json; --epochs may raise the total; --strategy, --mixed-precision, --jit-compile may change)")
     for flag, options in _TRAIN_SETTINGS:
         parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
@@ -131,6 +134,17 @@ def _add_train_command(subparsers) -> None:
     add_data_arguments(parser)
     _add_distribution_flags(parser)
     parser.set_defaults(handler=_run_train)
+
+
+class _ListPresets(argparse.Action):
+    """`--list-presets`: prints the presets and exits, as `--help` does (before TensorFlow starts)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(format_presets())
+        parser.exit()
 
 
 def _add_distribution_flags(parser) -> None:
@@ -167,9 +181,10 @@ def _typed_settings(args) -> dict:
 
 
 def resolve_train_config(args):
-    """The `TrainConfig` of a `train` invocation: defaults < --config file < typed flags.
+    """The `TrainConfig` of a `train` invocation: defaults < --preset < --config file < typed flags.
 
-    With `--resume RUN_DIR` the run's own config.json is the base and only `--epochs` may change.
+    A config file may name a preset under "preset" (`--preset` wins). With `--resume RUN_DIR` the
+    run's own config.json is the base and only `--epochs` may change.
 
     Raises:
         ValueError: an unknown setting, a bad value, or a setting changed on resume.
@@ -182,6 +197,9 @@ def resolve_train_config(args):
     if args.resume:
         if args.config:
             raise ValueError("Expected either --resume or --config. Received both: a resumed run keeps its own config.json.")
+        if args.preset:
+            raise ValueError("Expected either --resume or --preset. Received both: a resumed run keeps its own "
+                             "config.json, which records its preset.")
         base = load_run_config(args.resume)
         changed = sorted(
             key for key, value in typed.items() if key not in _RESUMABLE_SETTINGS and value != getattr(base, key)
@@ -193,6 +211,7 @@ def resolve_train_config(args):
             )
         return dataclasses.replace(base, **typed)
     values = read_config_file(args.config) if args.config else {}
+    values = apply_preset(args.preset, values)  # the file's settings override the preset's
     config = TrainConfig.from_dict(values, source=args.config or "the configuration")
     return dataclasses.replace(config, **typed)
 

@@ -179,6 +179,9 @@ class TrainConfig:
             "multi_worker", ...).
         mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
         jit_compile: bool. Compile the train step with XLA (default/one_device strategies).
+        preset: str or None. The `tfvae.presets` preset the settings started from, recorded in
+            config.json (`tfvae train --preset`, `tfvae.presets.preset_config`); setting it here
+            applies nothing.
     """
 
     dataset: str = "digits"
@@ -223,6 +226,7 @@ class TrainConfig:
     strategy: str = "default"
     mixed_precision: str | None = None
     jit_compile: bool = False
+    preset: str | None = None
 
     def __post_init__(self):
         self.filters = _positive_ints("filters", self.filters)
@@ -312,6 +316,10 @@ class TrainConfig:
             )
         if not (_is_number(self.beta) and 0 <= self.beta < math.inf):
             raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={self.beta!r}")
+        if self.preset is not None:
+            from tfvae.presets import get_preset  # noqa: PLC0415 (tfvae.presets imports this module)
+
+            get_preset(self.preset)  # raises for an unknown name
         check_objective_settings(self)
 
     @classmethod
