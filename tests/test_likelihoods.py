@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_main
 
 import tfvae
 import tfvae.data
@@ -334,13 +335,6 @@ def _write_eight_bit_npz(path, digits):
     return path
 
 
-def _cli(capsys, *args):
-    from tfvae.cli import main  # noqa: PLC0415
-
-    status = main([str(a) for a in args])
-    return status, capsys.readouterr().out
-
-
 @pytest.mark.parametrize(
     "flags, data, correction",
     [
@@ -352,7 +346,7 @@ def _cli(capsys, *args):
 def test_cli_trains_and_evaluates_bits_per_dim(flags, data, correction, digits, tmp_path, capsys):
     dataset = _write_eight_bit_npz(tmp_path / "eight_bit.npz", digits)
     run_dir = tmp_path / "run"
-    status, _ = _cli(
+    status, _, _ = run_main(
         capsys, "train", "--dataset", dataset, *flags, "--latent-dim", "2", "--filters", "4",
         "--epochs", "1", "--run-dir", run_dir, "--quiet",
     )
@@ -363,14 +357,14 @@ def test_cli_trains_and_evaluates_bits_per_dim(flags, data, correction, digits, 
     assert vae.decoder.output.shape[-1] == vae.likelihood.parameters_per_subpixel
     if "--likelihood-components" in flags:
         assert config["likelihood_components"] == 2 and vae.likelihood.components == 2
-    status, out = _cli(capsys, "evaluate", run_dir, "--samples", "5", "--json")
+    status, out, _ = run_main(capsys, "evaluate", run_dir, "--samples", "5", "--json")
     assert status == 0
     result = json.loads(out)
     assert result["data"] == data
     assert result["bits_per_dim"] == pytest.approx((result["iw_nll"] + correction) / (64 * math.log(2)))
     # The same run scored on undequantized data: a density there has no bits/dim.
     if data == "dequantized":
-        status, out = _cli(capsys, "evaluate", run_dir, "--samples", "2", "--no-dequantize", "--json")
+        status, out, _ = run_main(capsys, "evaluate", run_dir, "--samples", "2", "--no-dequantize", "--json")
         assert "a density on 8bit data is not a probability" in json.loads(out)["bits_per_dim_unavailable"]
 
 

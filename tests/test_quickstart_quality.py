@@ -5,8 +5,6 @@ import importlib.util
 import pytest
 from conftest import REPO_ROOT
 
-from tfvae.training import TrainConfig, train
-
 
 def _quickstart_quality():
     """benchmarks/quickstart_quality.py as a module (benchmarks/ is not a package)."""
@@ -17,10 +15,9 @@ def _quickstart_quality():
 
 
 @pytest.mark.slow
-def test_default_configuration_generates_digits_a_classifier_recognizes(tmp_path):
+def test_default_configuration_generates_digits_a_classifier_recognizes(default_run):
     quality = _quickstart_quality()
-    run_dir = tmp_path / "run"
-    train(TrainConfig(run_dir=str(run_dir)), verbose=0)  # what `tfvae train` does with no arguments
+    run_dir, _ = default_run  # what `tfvae train` does with no arguments
     result = quality.sample_quality(run_dir, num_samples=1000, seed=0)
     generated, real = result["generated"], result["real"]
     assert generated["mean_top_probability"] >= quality.MIN_MEAN_TOP_PROBABILITY, result
