@@ -20,32 +20,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_environment, run_cli
+from conftest import (
+    TESTS_DIR,
+    assert_one_step_equals_one_device,
+    cli_environment,
+    parse_result,
+    run_cli,
+    run_script,
+    two_replica_result,
+)
 
 import tfvae
 from tfvae import distribute
 from tfvae.training import TrainConfig, train
-
-TESTS_DIR = Path(__file__).resolve().parent
-
-
-def run_script(script: str, *args, timeout=300) -> dict:
-    """Runs tests/<script> ARGS in a fresh process; returns the JSON of its RESULT line."""
-    completed = subprocess.run(
-        [sys.executable, str(TESTS_DIR / script), *map(str, args)],
-        env=cli_environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return parse_result(completed.stdout)
-
-
-def parse_result(stdout: str) -> dict:
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no RESULT line in: {stdout[-2000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def free_ports(count: int) -> list[int]:
@@ -131,47 +118,6 @@ def test_keras_fix_is_gated_on_the_keras_version():
 
 
 # --------------------------------------------------------------------------- equality
-#: The checks on two replicas, by name: all run in one fresh process (`two_replica_results`),
-#: since each process of their own would import TensorFlow and tfvae again (seconds each).
-TWO_REPLICA_CHECKS = {
-    "gaussian": ["one-step", "--batch-size", "8", "--likelihood", "gaussian"],
-    "discretized_logistic": ["one-step", "--batch-size", "6", "--likelihood", "discretized_logistic"],
-    "iwae": ["one-step", "--batch-size", "7", "--objective", "iwae"],
-    "free-bits": ["one-step", "--batch-size", "7", "--objective", "free-bits"],
-    "iaf+standard_normal": ["one-step", "--batch-size", "7", "--posterior", "iaf", "--prior", "standard_normal"],
-    "iaf+vamp": ["one-step", "--batch-size", "7", "--posterior", "iaf", "--prior", "vamp"],
-    "curves": ["curves", "--epochs", "3"],
-    "xla": ["xla"],
-}
-
-
-@pytest.fixture(scope="module")
-def two_replica_results() -> dict:
-    """The results of `TWO_REPLICA_CHECKS` (one `tests/mirrored_checks.py many` process), by name."""
-    return run_script("mirrored_checks.py", "many", "--replicas", 2, json.dumps(TWO_REPLICA_CHECKS), timeout=900)
-
-
-def two_replica_result(results: dict, name: str) -> dict:
-    """The result of the check `name`; fails the test with the check's traceback if it raised."""
-    result = results[name]
-    assert "error" not in result, f"two-replica check {name!r} raised:\n{result.get('error')}"
-    return result
-
-
-def assert_one_step_equals_one_device(result: dict) -> None:
-    """Asserts what mirrored_checks.py's `one-step` found: one SGD step under the strategy changed
-    every trainable weight, exactly as on one device, with the same logged loss terms."""
-    # Plain SGD changed every trainable weight...
-    assert all(change > 1e-4 for change in result["weight_changes"].values()), result
-    # ...exactly as on one device.
-    for name, difference in result["weight_differences"].items():
-        assert difference < 1e-5, (name, difference)
-    for name in ("loss", "elbo", "reconstruction", "kl"):
-        np.testing.assert_allclose(
-            result["mirrored_logs"][name], result["single_logs"][name], rtol=1e-5, atol=1e-5
-        )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("replicas", "batch_size", "likelihood"),
