@@ -253,13 +253,22 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def run_many(replicas: int, checks: dict) -> dict:
-    """Runs the checks `{name: [check, arguments...]}` in this process on `replicas` replicas."""
+    """Runs the checks `{name: [check, arguments...]}` in this process on `replicas` replicas.
+
+    Each check starts as in a process of its own, but for two things: its strategies' collective
+    keys start past those of the checks before it (as TensorFlow's own tests do), and the Keras
+    fix that `distribute.get_strategy` installs stays installed, so the `error_without_fix` of a
+    `one-step` check is Keras's own only in the first check (or in a process of its own).
+    """
     import keras  # noqa: PLC0415
 
     results = {}
     for name, argv in checks.items():
         args = check_parser().parse_args([*argv, "--replicas", str(replicas)])
-        keras.backend.clear_session()  # fresh layer names and seeds, as in a process of its own
+        keras.backend.clear_session()  # fresh layer names and seeds
+        # Every MirroredStrategy numbers its collective ops from this base: without a new base,
+        # a check's all-reduces would reuse the keys of another model's (other shapes) and fail.
+        tf.distribute.MirroredStrategy._collective_key_base += 100_000
         try:
             results[name] = CHECKS[args.check](args)
         except Exception:  # noqa: BLE001 (the test of this check reports it)
