@@ -129,8 +129,9 @@ def assert_one_step_equals_one_device(result: dict) -> None:
 
 def load_benchmark(name: str):
     """benchmarks/NAME.py as a module (benchmarks/ is not a package), to call its functions here."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
