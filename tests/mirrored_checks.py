@@ -9,6 +9,7 @@ TensorFlow initializes, which pytest's process has long done.
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --objective iwae
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --posterior iaf
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --prior vamp
+    python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --num-classes 3
 
 Several checks on the same number of replicas in one process (TensorFlow and tfvae are imported
 once, which takes seconds), by name; a check that raises gives `{"error": traceback}`:
@@ -61,10 +62,10 @@ def split_cpu(replicas: int) -> list[str]:
     return devices
 
 
-def fixed_noise_vae_class():
+def fixed_noise_vae_class(conditional: bool = False):
     import tfvae  # noqa: PLC0415
 
-    class FixedNoiseVAE(tfvae.VAE):
+    class FixedNoiseVAE(tfvae.ConditionalVAE if conditional else tfvae.VAE):
         """The same posterior noise for every example, wherever it is computed.
 
         One fixed, non-zero vector per latent dimension, broadcast over the batch, so a step on
@@ -82,7 +83,7 @@ def fixed_noise_vae_class():
 
 
 def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaussian",
-                posterior="diagonal_gaussian", prior="standard_normal"):
+                posterior="diagonal_gaussian", prior="standard_normal", num_classes=0):
     import tfvae  # noqa: PLC0415
 
     # A VampPrior of 4 pseudo-inputs: its encoding runs inside every replica's step.
@@ -92,12 +93,18 @@ def build_model(vae_class, image_shape, seed=0, objective=None, likelihood="gaus
     likelihood = tfvae.distributions.get_likelihood(likelihood)
     posterior = tfvae.distributions.get_posterior(posterior)
     encoder = tfvae.build_conv_encoder(
-        image_shape, 3, filters=(4,), hidden_units=8, context_units=posterior.context_units
+        image_shape, 3, filters=(4,), hidden_units=8, context_units=posterior.context_units,
+        num_classes=num_classes or None,
     )
     decoder = tfvae.build_conv_decoder(
         3, image_shape, filters=(4,), hidden_units=8,
-        parameters_per_subpixel=likelihood.parameters_per_subpixel,
+        parameters_per_subpixel=likelihood.parameters_per_subpixel, num_classes=num_classes or None,
     )
+    if num_classes:  # a conditional VAE with a learned Gaussian per class
+        return vae_class(
+            encoder, decoder, num_classes, likelihood=likelihood, class_prior="learned", seed=seed,
+            objective=objective, posterior=posterior,
+        )
     return vae_class(
         encoder, decoder, likelihood=likelihood, prior=prior, seed=seed, objective=objective,
         posterior=posterior,
@@ -134,20 +141,22 @@ def one_step(args) -> dict:
     devices = split_cpu(args.replicas)
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).random((args.batch_size, 8, 8, 1)).astype("float32")
-    vae_class = fixed_noise_vae_class()
+    labels = np.arange(args.batch_size) % args.num_classes if args.num_classes else None
+    vae_class = fixed_noise_vae_class(conditional=bool(args.num_classes))
 
     def one_fit_step(strategy):
         with strategy.scope():
             vae = build_model(vae_class, images.shape[1:], objective=objective,
-                              likelihood=args.likelihood, posterior=args.posterior, prior=args.prior)
+                              likelihood=args.likelihood, posterior=args.posterior, prior=args.prior,
+                              num_classes=args.num_classes)
             vae.set_weights(initial_model.get_weights())
             vae.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
-        history = vae.fit(images, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+        history = vae.fit(images, labels, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
         logs = {name: values[0] for name, values in history.history.items()}
         return trainable_weights(vae), logs
 
     initial_model = build_model(vae_class, images.shape[1:], likelihood=args.likelihood,
-                                posterior=args.posterior, prior=args.prior)
+                                posterior=args.posterior, prior=args.prior, num_classes=args.num_classes)
     objective = make_objective(args.objective, initial_model, images)
     initial_weights = trainable_weights(initial_model)
     single_weights, single_logs = one_fit_step(tf.distribute.get_strategy())
@@ -267,6 +276,8 @@ def check_parser() -> argparse.ArgumentParser:
     parser.add_argument("--likelihood", default="gaussian", help="one-step: a tfvae likelihood name")
     parser.add_argument("--posterior", default="diagonal_gaussian", help="one-step: a tfvae posterior name")
     parser.add_argument("--prior", default="standard_normal", help="one-step: a tfvae prior name")
+    parser.add_argument("--num-classes", type=int, default=0,
+                        help="one-step: a ConditionalVAE over this many classes (0: unconditional)")
     return parser
 
 

@@ -85,12 +85,12 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     assert status == 0
     result = json.loads(out)
     assert set(result) == {
-        "run_dir", "checkpoint", "dataset", "source", "elbo", "iw_nll", "num_samples", "num_examples",
-        "data", "bits_per_dim_unavailable",
+        "run_dir", "checkpoint", "dataset", "source", "split", "scored", "binarization", "elbo", "iw_nll",
+        "num_samples", "num_examples", "data", "bits_per_dim_unavailable",
         "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
         "mutual_information", "mutual_information_max", "mutual_information_examples",
     }
-    assert result["source"] == "built-in 'digits'"
+    assert result["source"] == "built-in 'digits'" and result["split"] == "held-out"
     # A Bernoulli on the gray digits (levels k / 16): no probability of the data, no bits/dim.
     assert result["data"] == "continuous"
     assert result["bits_per_dim_unavailable"].startswith("No bits/dim: the BernoulliLikelihood scores continuous data")

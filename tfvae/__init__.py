@@ -11,7 +11,10 @@ from tfvae.version import __version__
 
 #: Public name -> the module that defines it (a module itself when the name is the module's).
 _PUBLIC_NAMES = {
+    "ConditionalVAE": "tfvae.models",
     "VAE": "tfvae.models",
+    "TwoLayerVAE": "tfvae.models",
+    "build_conv_two_layer_vae": "tfvae.models",
     "build_conv_decoder": "tfvae.models",
     "build_conv_encoder": "tfvae.models",
     "build_conv_vae": "tfvae.models",
@@ -26,8 +29,11 @@ _PUBLIC_NAMES = {
 }
 
 __all__ = [
+    "ConditionalVAE",
+    "TwoLayerVAE",
     "VAE",
     "__version__",
+    "build_conv_two_layer_vae",
     "build_conv_decoder",
     "build_conv_encoder",
     "build_conv_vae",

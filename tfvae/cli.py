@@ -114,7 +114,8 @@ def _add_train_command(subparsers) -> None:
         "train",
         help="train a VAE and write a run directory",
         description="Train a convolutional VAE and write a run directory: config.json, model.keras, "
-        "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json and pictures. With no "
+        "checkpoints/best.keras, TensorBoard logs, metrics.csv, metrics.json, pictures and, with "
+        "--test-dataset, test_metrics.json (the test set scored once, after training). With no "
         "arguments it trains on scikit-learn's built-in 8x8 digits, offline. Settings come from "
         "the defaults, then --config, then the flags typed here.",
         allow_abbrev=False,  # typed flags are recognized by their full names (see _typed_settings)
@@ -234,7 +235,9 @@ def _add_evaluate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="test ELBO and importance-weighted negative log-likelihood of a trained run",
-        description="Evaluate a run's model on held-out data: the ELBO and the importance-weighted "
+        description="Evaluate a run's model on held-out data (the run's validation split; with "
+        "--split test its --test-dataset; with --dataset FILE all of FILE, a tfds name's test split) "
+        "and say which examples were scored: the ELBO and the importance-weighted "
         "estimate of -log p(x) (Burda et al., 2015) with K samples per example; bits/dim where "
         "they are defined (see README, Likelihoods), else the reason why not. "
         "It decodes examples x K images (10 million for MNIST's test set at the default K=1000, "
@@ -242,13 +245,14 @@ def _add_evaluate_command(subparsers) -> None:
         "estimate of the time. --max-examples and --samples make it shorter.",
     )
     _add_model_arguments(parser)
-    parser.add_argument("--dataset", help="data source (default: the run's dataset); its validation/test split is used")
+    parser.add_argument("--dataset", help="a test set to score: all of a local file or folder (the t10k file of an IDX folder, x_test of a .npz), or a tensorflow-datasets name's test split (default: the run's own data, see --split)")
+    parser.add_argument("--split", choices=["validation", "test"], help="without --dataset: validation (the default) scores the run's validation split, test the run's --test-dataset; with --dataset: test (the default) scores it as a test set, validation the split training on it would hold out")
     parser.add_argument("--data-dir", help="tensorflow-datasets data directory (default: the run's)")
-    parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; dynamic runs are scored on one fixed binarization)")
+    parser.add_argument("--binarize", choices=["none", "static", "dynamic"], help="binarization (default: the run's; binarized data is scored on one fixed Bernoulli sample, seed 1234)")
     parser.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None, help="score uniformly dequantized 8-bit data, as a continuous likelihood's bits/dim need (default: the run's)")
     parser.add_argument("--samples", type=_positive_int, default=1000, help="K, importance samples per example, up to 5000; the cost grows with K (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
-    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of the held-out split)")
+    parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_run_evaluate)
@@ -263,6 +267,7 @@ def _run_evaluate(args) -> int:
         args.run_dir,
         checkpoint=args.checkpoint,
         dataset=args.dataset,
+        split=args.split,
         data_dir=args.data_dir,
         binarize=args.binarize,
         dequantize=args.dequantize,
@@ -426,7 +431,7 @@ def _add_tune_command(subparsers) -> None:
             parser.add_argument(flag, default=getattr(defaults, flag[2:].replace("-", "_")), **options)
     parser.add_argument("--run-dir", help="where to write the tuning run: new, empty, or a tuning run with the same settings to resume (default: runs/tune-<dataset>-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or trial tables")
-    add_data_arguments(parser)
+    add_data_arguments(parser, test_dataset=False)
     parser.set_defaults(handler=_run_tune)
 
 
@@ -434,7 +439,8 @@ def _run_tune(args) -> int:
     from tfvae.tuning import TuningConfig, default_run_dir, tune  # noqa: PLC0415
 
     fixed = [flag[2:].replace("-", "_") for flag in _TUNE_FIXED_SETTINGS]
-    train = TrainConfig(**{name: getattr(args, name) for name in (*_DATA_SETTINGS, *fixed, "epochs", "run_dir")})
+    names = (*_DATA_SETTINGS, *fixed, "epochs", "run_dir")
+    train = TrainConfig(**{name: getattr(args, name) for name in names if hasattr(args, name)})
     config = TuningConfig(
         train=train, latent_dims=args.latent_dims, max_trials=args.max_trials, tuner=args.tuner,
         learning_rates=args.learning_rates, betas=args.betas, batch_sizes=args.batch_sizes,

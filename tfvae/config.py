@@ -17,7 +17,7 @@ MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 #: The TrainConfig fields that are arguments of `tfvae.data.load`.
 DATA_FIELDS = (
     "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
-    "dequantize",
+    "dequantize", "test_dataset",
 )
 #: Examples in the training data's shuffle buffer (`tfvae.data.load`'s default).
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -141,8 +141,13 @@ class TrainConfig:
 
     Attributes:
         dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
-            cache, shuffle_buffer, dequantize: the data, as the arguments of `tfvae.data.load`
-            (default: the built-in digits, as stored).
+            cache, shuffle_buffer, dequantize, test_dataset: the data, as the arguments of
+            `tfvae.data.load` (default: the built-in digits, as stored, no test set). A run with
+            a test_dataset scores it once, after training, into `test_metrics.json`.
+        conditional: bool. Train on `(images, labels)` batches (`tfvae.data.load(...,
+            labels=True)`): the data must have labels; the run records their num_classes.
+        num_classes: int or None. The classes of a conditional run's data, recorded by the run
+            (None for an unconditional run).
         latent_dim: int. The size of z.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
         hidden_units: int or None. An extra dense layer in encoder and decoder.
@@ -180,6 +185,9 @@ class TrainConfig:
     validation_fraction: float = 0.1
     cache: str = "auto"
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    test_dataset: str | None = None
+    conditional: bool = False
+    num_classes: int | None = None
     latent_dim: int = 8
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = 256
@@ -266,6 +274,22 @@ class TrainConfig:
             )
         if not isinstance(self.dequantize, bool):
             raise ValueError(f"Expected dequantize to be true or false. Received: dequantize={self.dequantize!r}")
+        if self.test_dataset is not None and (not isinstance(self.test_dataset, str) or not self.test_dataset):
+            raise ValueError(
+                f"Expected test_dataset to be a source (a path or a dataset name) or None. Received: "
+                f"test_dataset={self.test_dataset!r}"
+            )
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"Expected conditional to be true or false. Received: conditional={self.conditional!r}")
+        if self.num_classes is not None and (
+            not self.conditional or isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+            or self.num_classes < 2
+        ):
+            raise ValueError(
+                "Expected num_classes to be None, or an integer >= 2 with conditional=True (a conditional run "
+                f"records it from its data). Received: num_classes={self.num_classes!r}, "
+                f"conditional={self.conditional!r}"
+            )
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.
         if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
             raise ValueError(

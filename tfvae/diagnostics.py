@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 
@@ -133,15 +134,24 @@ def kl_per_dimension(posterior: tfd.Distribution, prior: tfd.Distribution):
         ) from None
 
 
-def _image_batches(data, batch_size: int):
-    """Image batches from an array `[N, H, W, C]`, a tensor or a dataset of batches (or tuples)."""
+def _image_batches(data, batch_size: int, labels=None):
+    """`(images, labels)` batches from an array `[N, H, W, C]` (with `labels` `[N, ...]` or None),
+    a tensor or a dataset of batches (or of `(images, labels, ...)` tuples); labels None without."""
     if not isinstance(data, tf.data.Dataset):
         for start in range(0, len(data), batch_size):
-            yield tf.cast(data[start : start + batch_size], tf.float32)
+            batch_labels = None if labels is None else labels[start : start + batch_size]
+            yield tf.cast(data[start : start + batch_size], tf.float32), batch_labels
         return
     for batch in data:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        yield tf.cast(images, tf.float32)
+        if isinstance(batch, (list, tuple)):
+            yield tf.cast(batch[0], tf.float32), batch[1] if len(batch) > 1 else None
+        else:
+            yield tf.cast(batch, tf.float32), None
+
+
+def _given_labels(vae, labels):
+    """The conditional model's `conditioned_on(labels)`; nothing for an unconditional one."""
+    return contextlib.nullcontext() if labels is None else vae.conditioned_on(labels)
 
 
 def concatenate_posteriors(posteriors: list) -> tfd.Distribution:
@@ -243,15 +253,20 @@ def _batch_statistics_function(vae):
     model = weakref.ref(vae)  # a strong reference here would keep the model alive forever
 
     @tf.function(reduce_retracing=True)
-    def batch_statistics(images, batch_seed):
-        if not model().posterior.factorized:
-            # A flow: z and log q(z|x) come from its sampler; E_q[z|x] has no closed form, so the
-            # posterior's point (the flow at zero noise) stands for it in the active units.
+    def batch_statistics(images, batch_seed, labels=None):
+        # A conditional model's statistics are those of q(z|x, y) and p(z|y), given the labels.
+        with _given_labels(model(), labels):
+            return _statistics(images, batch_seed)
+
+    def _statistics(images, batch_seed):
+        if not model().posterior_factorized:
+            # A flow (or two stochastic layers): z and log q(z|x) come from its sampler; E_q[z|x]
+            # has no closed form, so the posterior's point (the sample at zero noise) stands for
+            # it in the active units.
             z, log_q = model().posterior_sample(images, 1, seed=batch_seed)
-            parameters = model().posterior_parameters(images)
             return {
                 "z": z[0],
-                "mean": model().posterior.point(parameters),
+                "mean": model().posterior_point(images),
                 "kl": kl_divergence(None, model().prior_distribution(), z[0], log_q[0]),
             }
         posterior, prior = model().encode(images), model().prior_distribution()
@@ -276,19 +291,24 @@ def posterior_diagnostics(
     batch_size: int = 100,
     max_mutual_information_examples: int = MAX_MUTUAL_INFORMATION_EXAMPLES,
     seed: int = 0,
+    labels=None,
 ) -> dict:
     """Active units, the KL of each dimension and I(x; z) of a VAE on `data`, from one pass.
 
     Args:
         vae: a `tfvae.VAE` (anything with `encode(images)`, `prior_distribution()` and
-            `latent_dim`).
+            `latent_dim`). For a `tfvae.ConditionalVAE` every figure is given y: q(z|x, y) and
+            its KL to p(z|y).
         data: images `[N, H, W, C]` (array or tensor, N >= 2) or a `tf.data.Dataset` of image
-            batches (or of `(images, ...)` tuples).
+            batches (or of `(images, ...)` tuples; `(images, labels, ...)` for a conditional
+            model).
         threshold: the active-unit threshold on Cov_x(E_q[z_d|x]).
         batch_size: examples per batch when `data` is an array.
         max_mutual_information_examples: I(x; z) is estimated on the first this many examples
             (its cost grows as N^2); the other figures use all of them.
         seed: seed of the z_i ~ q(z|x_i) of the mutual-information estimate.
+        labels: None, or the labels `[N]` (ids) or `[N, C]` (one-hot) of array `data`, for a
+            conditional model.
 
     Returns:
         A dict of plain Python values (JSON-ready):
@@ -297,32 +317,39 @@ def posterior_diagnostics(
           (`[D]`, Cov_x(E_q[z_d|x]));
           `kl`: the mean KL(q(z|x) || p(z)) per example (Monte-Carlo at z_i when no closed form);
           `kl_per_dimension`: `[D]` means (summing to `kl`), or None when q or p does not factorize;
-          `mutual_information` (nats; None for a flow posterior, `iaf`, whose q(z|x) is not
+          `mutual_information` (nats; None for a flow posterior, `iaf`, or a `TwoLayerVAE`, whose q(z|x) is not
           evaluated at other images' samples), `mutual_information_examples` (N of the estimate)
           and `mutual_information_max` (log N, its upper bound). For a flow, the active units use
           the posterior's point (the flow at zero noise) for E_q[z|x].
 
     Raises:
-        ValueError: fewer than 2 examples, or a bad threshold.
+        ValueError: fewer than 2 examples, or a bad threshold; labels for an unconditional
+            model, or missing or bad labels for a conditional one.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"Expected threshold to be a number >= 0. Received: threshold={threshold!r}")
 
+    conditional = hasattr(vae, "conditioned_on")
+    if labels is not None and not conditional:
+        vae._refuse_labels(labels, "posterior_diagnostics")
     batch_statistics = _batch_statistics_function(vae)
     batches, posteriors, mi_examples = [], [], 0
-    for step, images in enumerate(_image_batches(data, batch_size)):
-        statistics = batch_statistics(images, tf.constant([seed, step], tf.int32))
+    for step, (images, batch_labels) in enumerate(_image_batches(data, batch_size, labels)):
+        # An unconditional model ignores the labels of (images, labels) datasets.
+        batch_labels = vae.one_hot(batch_labels, int(images.shape[0])) if conditional else None
+        statistics = batch_statistics(images, tf.constant([seed, step], tf.int32), batch_labels)
         batches.append({key: value.numpy() for key, value in statistics.items()})
-        if not vae.posterior.factorized:
+        if not vae.posterior_factorized:
             pass  # I(x; z) needs q(z_i|x_j) at other images' samples: no inverse pass of a flow
         elif "stddev" not in statistics and mi_examples < max_mutual_information_examples:
             # A posterior without a closed-form pairwise density: kept as a distribution.
-            posteriors.append(vae.encode(images))
+            with _given_labels(vae, batch_labels):
+                posteriors.append(vae.encode(images))
         mi_examples = min(max_mutual_information_examples, mi_examples + len(batches[-1]["z"]))
     if not batches:
         raise ValueError("Expected at least 2 examples. Received: empty data")
     values = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
-    if not vae.posterior.factorized:
+    if not vae.posterior_factorized:
         posterior = None
     elif "stddev" in values:
         posterior = tfd.MultivariateNormalDiag(

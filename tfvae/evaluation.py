@@ -8,9 +8,9 @@ import time
 
 import tensorflow as tf
 
-from tfvae.data import translate_pipeline_errors
+from tfvae.data import load_held_out, translate_pipeline_errors
 from tfvae.diagnostics import posterior_diagnostics
-from tfvae.training import load_data, load_run_config, load_run_model
+from tfvae.training import load_run_config, load_run_model
 
 #: What `data_kind` reports: the values of the scored images.
 DATA_KINDS = ("binary", "8bit", "dequantized", "continuous")
@@ -139,10 +139,124 @@ def data_kind(images, dequantized: bool = False) -> str:
     return "binary" if binary else "8bit"
 
 
+def score(
+    vae,
+    held_out,
+    num_samples: int = 1000,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
+    """The ELBO and importance-weighted NLL of `vae` on held-out data, saying what was scored.
+
+    Args:
+        vae: a trained `tfvae.VAE`.
+        held_out: a `tfvae.data.HeldOutData` (`tfvae.data.load_held_out`, `DataSplits.test`).
+        num_samples: K importance samples per example.
+        batch_size: the batch size of `held_out.data` (used to re-batch `max_examples`).
+        max_examples: score only the first N examples.
+        seed: seed of the importance samples.
+        verbose: print the cost (see `estimate_cost`) to stderr, then show a progress bar.
+
+    Returns:
+        `{"source", "split", "scored", "binarization", "elbo", "iw_nll", "num_samples",
+        "num_examples", "data"}`: `scored` says which examples in words (e.g. "all 500 examples
+        of local file 'test.npz'"); per-image nats; `elbo` is a single-sample estimate; `data`
+        is the `data_kind`; plus `bits_per_dim` where `bits_per_dim` defines it, else
+        `bits_per_dim_unavailable`, its one-line reason.
+
+    Raises:
+        ValueError: data that does not fit the model; a `tfvae.data.DataError` naming an
+            unreadable image.
+    """
+    data, count, scored = first_examples(held_out, max_examples, batch_size)
+    with translate_pipeline_errors():  # an unreadable image becomes a DataError naming it
+        vae.check_data(data, "the evaluation data")
+        elbo = vae.evaluate(data, verbose=0, return_dict=True)["elbo"]
+        if verbose:
+            print(estimate_cost(vae, data, count, num_samples, seed), file=sys.stderr, flush=True)
+        nll = vae.importance_weighted_nll(data, num_samples=num_samples, seed=seed, verbose=verbose)
+    result = {
+        "source": held_out.source_description,
+        "split": held_out.split,
+        "scored": scored,
+        "binarization": held_out.binarization,
+        "elbo": float(elbo),
+        "iw_nll": float(nll.mean()),
+        "num_samples": int(num_samples),
+        "num_examples": int(len(nll)),
+        "data": data_kind(data, held_out.dequantized),
+    }
+    try:
+        result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, vae.likelihood, result["data"])
+    except ValueError as reason:
+        result["bits_per_dim_unavailable"] = str(reason)
+    return result
+
+
+def first_examples(held_out, max_examples: int | None, batch_size: int):
+    """The first `max_examples` of a `tfvae.data.HeldOutData` (all of them for None).
+
+    Returns:
+        `(batches, count or None, description)`: the dataset of batches of `batch_size`, how
+        many examples it holds, and which they are in words.
+    """
+    data, count, scored = held_out.data, held_out.num_examples, held_out.description
+    if max_examples and (count is None or max_examples < count):
+        data = data.unbatch().take(max_examples).batch(batch_size)
+        if count is not None:
+            count = max_examples
+            data = data.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
+        scored = f"the first {max_examples:,} of {scored}"
+    return data, count, scored
+
+
+def held_out_of_run(config, dataset: str | None = None, split: str | None = None, **overrides):
+    """The `tfvae.data.HeldOutData` that `tfvae evaluate` scores for a run.
+
+    No `dataset`: the run's validation split (split "validation", the default: exactly the
+    examples training validated on) or its test set (split "test": the run's `test_dataset`).
+    A `dataset`: its test set (split "test", the default: all of a local file or folder, a
+    tfds name's test split) or the validation split training on it would hold out ("validation").
+    Image size, channels, validation fraction and seed are the run's; labels are loaded for a
+    conditional run.
+
+    Args:
+        config: the run's `TrainConfig`.
+        dataset: a source, or None for the run's own.
+        split: "test", "validation" or None (see above).
+        **overrides: `data_dir`, `binarize`, `dequantize`, `batch_size`: None keeps the run's.
+
+    Raises:
+        ValueError: an unknown split, or split "test" of a run without a test set.
+        FileNotFoundError: as `tfvae.data.load_held_out`.
+    """
+    if split not in (None, "test", "validation"):
+        raise ValueError(f"Expected split 'test', 'validation' or None. Received: split={split!r}")
+    if dataset is None and split == "test":
+        if config.test_dataset is None:
+            raise ValueError(
+                f"Expected a run trained with a test set (--test-dataset) for split 'test'. Received: the run "
+                f"'{config.run_dir}', which has none; pass --dataset SOURCE to score a test set."
+            )
+        dataset = config.test_dataset
+    elif dataset is None:
+        dataset, split = config.dataset, "validation"
+    settings = {name: getattr(config, name) for name in (
+        "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "dequantize",
+    )}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    if settings["binarize"] != "static":
+        settings["threshold"] = None
+    return load_held_out(dataset, split=split or "test", seed=config.seed, labels=config.conditional, **settings)
+
+
 def evaluate_run(
     run_dir,
     checkpoint: str = "last",
     dataset: str | None = None,
+    split: str | None = None,
     data_dir: str | None = None,
     binarize: str | None = None,
     dequantize: bool | None = None,
@@ -157,8 +271,13 @@ def evaluate_run(
     Args:
         run_dir: a run directory written by `tfvae train`.
         checkpoint: "last" or "best".
-        dataset, data_dir, binarize, dequantize: the data (default: the run's own settings,
-            which also give the image size and channels); the validation/test split is scored.
+        dataset: a source to score (a test set: all of a local file or folder, the test split
+            of a tfds name), or None for the run's own data (see `held_out_of_run`).
+        split: "test" or "validation", see `held_out_of_run` (default: "validation" of the run's
+            dataset; "test" of a given `dataset`).
+        data_dir, binarize, dequantize: override the run's data settings (which also give the
+            image size and channels). Binarized or dequantized data is scored on one fixed
+            sample drawn with seed 1234 (`tfvae.data.EVALUATION_SEED`).
         num_samples: K importance samples per example.
         batch_size: examples per batch.
         max_examples: score only the first N examples.
@@ -167,52 +286,26 @@ def evaluate_run(
             `estimate_cost`) to stderr, then show a progress bar.
 
     Returns:
-        `{"elbo", "iw_nll", "num_samples", "num_examples", "dataset", "source", "run_dir",
-        "checkpoint", "data"}` (`source` says where the data came from, e.g. "local folder
-        'mnist'"; per-image nats; `elbo` is a single-sample estimate; `data` is the `data_kind`),
-        plus `bits_per_dim` where `bits_per_dim` defines it, else `bits_per_dim_unavailable`,
-        its one-line reason; plus the posterior-collapse diagnostics of `diagnostic_fields`
-        (`active_units`, `kl_per_dimension`, `mutual_information`, ...).
+        The fields of `score` (`source`, e.g. "local folder 'mnist'"; `split`; `scored`, the
+        examples in words; `binarization`; `elbo`, `iw_nll`, `num_samples`, `num_examples`,
+        `data`, bits/dim) plus `run_dir`, `checkpoint`, `dataset` and the posterior-collapse
+        diagnostics of `diagnostic_fields` (`active_units`, `kl_per_dimension`,
+        `mutual_information`, ...).
 
     Raises:
         FileNotFoundError: not a run directory.
-        ValueError: data that does not fit the model.
+        ValueError: data that does not fit the model; split "test" of a run without a test set.
     """
     config = load_run_config(run_dir)
-    vae = load_run_model(run_dir, checkpoint)
-    data = load_data(
-        config, dataset=dataset, data_dir=data_dir, binarize=binarize, dequantize=dequantize,
-        batch_size=batch_size,
+    held_out = held_out_of_run(
+        config, dataset, split, data_dir=data_dir, binarize=binarize, dequantize=dequantize, batch_size=batch_size,
     )
-    held_out = data.validation
-    count = data.num_validation
-    if max_examples:
-        held_out = held_out.unbatch().take(max_examples).batch(batch_size)
-        if data.num_validation is not None:
-            count = min(max_examples, data.num_validation)
-            held_out = held_out.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
-    with translate_pipeline_errors():  # an unreadable image becomes a DataError naming it
-        vae.check_data(held_out, "the evaluation data")
-        elbo = vae.evaluate(held_out, verbose=0, return_dict=True)["elbo"]
-        if verbose:
-            print(estimate_cost(vae, held_out, count, num_samples, seed), file=sys.stderr, flush=True)
-        nll = vae.importance_weighted_nll(held_out, num_samples=num_samples, seed=seed, verbose=verbose)
-    result = {
-        "run_dir": str(run_dir),
-        "checkpoint": checkpoint,
-        "dataset": dataset or config.dataset,
-        "source": data.source_description,
-        "elbo": float(elbo),
-        "iw_nll": float(nll.mean()),
-        "num_samples": int(num_samples),
-        "num_examples": int(len(nll)),
-        "data": data_kind(held_out, data.dequantized),
-    }
-    try:
-        result["bits_per_dim"] = bits_per_dim(result["iw_nll"], vae.image_shape, vae.likelihood, result["data"])
-    except ValueError as reason:
-        result["bits_per_dim_unavailable"] = str(reason)
-    result.update(diagnostic_fields(vae, held_out, seed))
+    vae = load_run_model(run_dir, checkpoint)
+    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "dataset": dataset or (
+        config.test_dataset if split == "test" else config.dataset
+    )}
+    result.update(score(vae, held_out, num_samples, batch_size, max_examples, seed, verbose))
+    result.update(diagnostic_fields(vae, first_examples(held_out, max_examples, batch_size)[0], seed))
     return result
 
 
@@ -255,6 +348,8 @@ def format_table(result: dict) -> str:
         ("checkpoint", result["checkpoint"]),
         ("dataset", result["dataset"]),
         ("source", result["source"]),
+        ("scored", result["scored"]),
+        ("binarization", result["binarization"]),
         ("examples", str(result["num_examples"])),
         ("ELBO (nats/image)", f"{result['elbo']:.3f}"),
         (f"IW NLL, K={result['num_samples']} (nats/image)", f"{result['iw_nll']:.3f}"),

@@ -27,6 +27,7 @@ except ImportError:  # Windows: without flock, leftovers are never removed
     fcntl = None
 
 from tfvae.distributions import likelihood_name, posterior_name, prior_name
+from tfvae.models.conditional import ConditionalVAE
 from tfvae.models.vae import VAE
 from tfvae.objectives import elbo_terms
 from tfvae.version import __version__
@@ -49,6 +50,22 @@ ENDPOINTS = {
     "posterior_sample": {"inputs": ["images", "num_samples", "seed"], "outputs": ["z", "log_q"]},
     "prior_log_prob": {"inputs": ["z"], "outputs": ["log_prob"]},
     "log_likelihood": {"inputs": ["images", "z"], "outputs": ["log_likelihood"]},
+}
+
+#: The endpoints of a `tfvae.ConditionalVAE`: the same, each also taking the class `labels`
+#: (int32 ids `[B]`; for `sample`, one per sample).
+CONDITIONAL_ENDPOINTS = {
+    "encode": {"inputs": ["images", "labels"], "outputs": ["loc", "scale"]},
+    "embed": {"inputs": ["images", "labels"], "outputs": ["embedding"]},
+    "decode": {"inputs": ["z", "labels"], "outputs": ["images", "parameters"]},
+    "sample": {"inputs": ["num_samples", "seed", "labels"], "outputs": ["images"]},
+    "reconstruct": {"inputs": ["images", "labels"], "outputs": ["images"]},
+    "elbo": {"inputs": ["images", "labels", "seed"], "outputs": ["elbo", "reconstruction", "kl"]},
+    "posterior_sample": {
+        "inputs": ["images", "labels", "num_samples", "seed"], "outputs": ["z", "log_q"],
+    },
+    "prior_log_prob": {"inputs": ["z", "labels"], "outputs": ["log_prob"]},
+    "log_likelihood": {"inputs": ["images", "z", "labels"], "outputs": ["log_likelihood"]},
 }
 
 
@@ -91,7 +108,10 @@ class _Endpoints:
         return {"embedding": self._posterior(images).mean()}
 
     def decode(self, z):
-        parameters = self.vae.decoder(z, training=False)
+        return self._decoded(z)
+
+    def _decoded(self, z):
+        parameters = self.vae.decoder_parameters(z, training=False)
         return {
             "images": _float32(self.vae.likelihood.mean(parameters)),
             "parameters": _float32(parameters),
@@ -102,18 +122,20 @@ class _Endpoints:
             num_samples, message="Expected num_samples >= 1 in sample(num_samples, seed)."
         )
         with tf.control_dependencies([check]):
-            z = self.vae.prior_distribution().sample(num_samples, seed=stateless_seed(seed))
-        return {"images": self.decode(z)["images"]}
+            z = self.vae._draw_prior(num_samples, stateless_seed(seed))
+        return {"images": self._decoded(z)["images"]}
 
     def reconstruct(self, images):
         return {"images": _float32(self.vae(images, training=False))}
 
     def elbo(self, images, seed):
-        parameters = self.vae.posterior_parameters(images, training=False)
-        z, log_q = self._posterior_sample(images, 1, seed)
+        noise = tf.random.stateless_normal(
+            tf.stack([1, tf.shape(images)[0], self.vae.latent_dim]), seed=stateless_seed(seed)
+        )
+        z, log_q, posterior = self.vae.sample_latents(images, noise, training=False)
         terms = elbo_terms(
-            images, self.vae.decode(z[0]), self.vae.posterior.distribution(parameters),
-            self.vae.prior_distribution(), z[0], log_q=log_q[0],
+            images, self.vae.decode(z[0]), posterior, self.vae.prior_distribution(), z[0],
+            log_q=log_q[0],
         )
         return {name: terms[name] for name in ENDPOINTS["elbo"]["outputs"]}
 
@@ -135,6 +157,72 @@ class _Endpoints:
         flat_images = tf.reshape(tiled, tf.concat([[-1], tf.shape(images)[1:]], 0))
         log_likelihood = self.vae.decode(flat_z).log_prob(flat_images)
         return {"log_likelihood": tf.reshape(log_likelihood, shape[:2])}
+
+
+class _ConditionalEndpoints(_Endpoints):
+    """The endpoints of a `tfvae.ConditionalVAE`: `_Endpoints`' functions given class labels."""
+
+    def _given(self, labels):
+        num_classes = self.vae.num_classes
+        checks = [
+            tf.debugging.assert_non_negative(labels, message="Expected labels >= 0."),
+            tf.debugging.assert_less(
+                labels, num_classes, message=f"Expected labels < num_classes = {num_classes}."
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return self.vae.conditioned_on(tf.one_hot(labels, num_classes, dtype=tf.float32))
+
+    def encode(self, images, labels):
+        with self._given(labels):
+            return super().encode(images)
+
+    def embed(self, images, labels):
+        with self._given(labels):
+            return super().embed(images)
+
+    def decode(self, z, labels):
+        with self._given(labels):
+            return super().decode(z)
+
+    def sample(self, num_samples, seed, labels):
+        check = tf.debugging.assert_equal(
+            tf.size(labels), num_samples,
+            message="Expected one label per sample in sample(num_samples, seed, labels).",
+        )
+        with tf.control_dependencies([check]), self._given(labels):
+            return super().sample(num_samples, seed)
+
+    def reconstruct(self, images, labels):
+        with self._given(labels):
+            return super().reconstruct(images)
+
+    def elbo(self, images, labels, seed):
+        with self._given(labels):
+            return super().elbo(images, seed)
+
+    def posterior_sample(self, images, labels, num_samples, seed):
+        with self._given(labels):
+            return super().posterior_sample(images, num_samples, seed)
+
+    def prior_log_prob(self, z, labels):
+        with self._given(labels):
+            return super().prior_log_prob(z)
+
+    def log_likelihood(self, images, z, labels):
+        with self._given(labels):
+            return super().log_likelihood(images, z)
+
+
+def _conditional_input_signatures(vae) -> dict:
+    """`_input_signatures` with the labels, int32 `[B]`, where `CONDITIONAL_ENDPOINTS` put them."""
+    labels = tf.TensorSpec((None,), tf.int32, name="labels")
+    signatures = {}
+    for name, specs in _input_signatures(vae).items():
+        by_name = {spec.name: spec for spec in specs}
+        by_name["labels"] = labels
+        signatures[name] = [by_name[argument] for argument in CONDITIONAL_ENDPOINTS[name]["inputs"]]
+    return signatures
 
 
 def _input_signatures(vae) -> dict:
@@ -174,6 +262,7 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "latent_dim": int(vae.latent_dim),
+        "latent_dims": [int(d) for d in vae.latent_dims],
         "image_shape": [int(d) for d in vae.image_shape],
         "image_dtype": "float32",
         # The Bernoulli likelihood scores gray levels in [0, 1] as pixel probabilities, so
@@ -191,7 +280,10 @@ def export_metadata(vae, extra: dict | None = None) -> dict:
         "posterior": posterior_name(vae.posterior) or type(vae.posterior).__name__,
         "posterior_settings": vae.posterior.settings(),
         "serving_default": "reconstruct",
-        "endpoints": ENDPOINTS,
+        "conditional": isinstance(vae, ConditionalVAE),
+        "num_classes": int(vae.num_classes) if isinstance(vae, ConditionalVAE) else None,
+        "label_format": "int32 class ids [B] in [0, num_classes)" if isinstance(vae, ConditionalVAE) else None,
+        "endpoints": CONDITIONAL_ENDPOINTS if isinstance(vae, ConditionalVAE) else ENDPOINTS,
         "elbo_noise": "tf.random.stateless_normal([1, batch, latent_dim], "
         "seed=tf.bitcast(tf.cast(seed, tf.int64), tf.int32))",
         "posterior_sample_noise": "tf.random.stateless_normal([num_samples, batch, latent_dim], "
@@ -406,6 +498,13 @@ def export_saved_model(
       the model's `importance_weighted_nll`;
     - `serving_default` = `reconstruct`.
 
+    A `tfvae.ConditionalVAE` exports the same endpoints, each also taking the class labels, int32
+    ids `labels [B]` (`CONDITIONAL_ENDPOINTS`): `encode(images, labels)`, `embed(images, labels)`,
+    `decode(z, labels)`, `sample(num_samples, seed, labels [num_samples])`,
+    `reconstruct(images, labels)`, `elbo(images, labels, seed)`, `posterior_sample(images, labels,
+    num_samples, seed)`, `prior_log_prob(z, labels)` (log p(z|y)) and `log_likelihood(images, z,
+    labels)` (log p(x|z, y)); the metadata says `"conditional": true` and `num_classes`.
+
     The metadata (`export_metadata`) is written to `PATH/assets.extra/tfvae.json`.
 
     Args:
@@ -436,8 +535,10 @@ def export_saved_model(
 
     archive = keras.export.ExportArchive()
     archive.track(vae)
-    endpoints = _Endpoints(vae)
-    signatures = _input_signatures(vae)
+    if isinstance(vae, ConditionalVAE):
+        endpoints, signatures = _ConditionalEndpoints(vae), _conditional_input_signatures(vae)
+    else:
+        endpoints, signatures = _Endpoints(vae), _input_signatures(vae)
     # `reconstruct` first: ExportArchive makes the first endpoint `serving_default`.
     for name in ("reconstruct", *(name for name in ENDPOINTS if name != "reconstruct")):
         archive.add_endpoint(name, getattr(endpoints, name), input_signature=signatures[name])

@@ -42,7 +42,7 @@ def interpolate_latents(start, end, steps: int) -> np.ndarray:
 
 def decode_mean(vae, z) -> np.ndarray:
     """The mean images of p(x|z) for latent points `z` `[N, D]`."""
-    return np.asarray(vae.likelihood.mean(vae.decoder(np.asarray(z, np.float32), training=False)))
+    return np.asarray(vae.likelihood.mean(vae.decoder_parameters(np.asarray(z, np.float32), training=False)))
 
 
 def save_interpolations(vae, images, path, steps: int = 10) -> None:

@@ -12,6 +12,7 @@ A run directory holds everything about one run:
     samples.png, reconstructions.png, interpolations.png, loss_curves.png
     latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist)
     kl_per_dimension.png   the KL of each latent dimension (posterior-collapse diagnostics)
+    test_metrics.json      with a test set (`test_dataset`): the last model's scores on it
 
 Every file is written under a temporary name and renamed into place.
 """
@@ -56,6 +57,10 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 BEST_CHECKPOINT = "checkpoints/best.keras"
 BACKUP_DIR = "backup"
+TEST_METRICS_FILE = "test_metrics.json"
+#: K of the importance-weighted NLL a run scores its test set with: a quick figure (100 decodes
+#: per test image; `tfvae evaluate RUN --split test --samples 1000` gives the standard one).
+TEST_IW_SAMPLES = 100
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -201,11 +206,13 @@ def load_run_model(run_dir: str | os.PathLike, checkpoint: str = "last"):
 def load_data(config: TrainConfig, **overrides):
     """`tfvae.data.load` with the run's data settings (and `overrides`, e.g. another batch size).
 
+    A conditional run's batches are `(images, labels)`.
+
     Raises:
         ValueError, FileNotFoundError: see `tfvae.data.load`.
     """
     settings = {name: getattr(config, name) for name in DATA_FIELDS}
-    settings.update(batch_size=config.batch_size, seed=config.seed)
+    settings.update(batch_size=config.batch_size, seed=config.seed, labels=config.conditional)
     settings.update({key: value for key, value in overrides.items() if value is not None})
     source = settings.pop("dataset", config.dataset)
     return load(source, **settings)
@@ -348,9 +355,12 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
         if not interrupted and finished_model.exists():
             # A finished run (its backup was removed at the end): extend it from its last model.
             return keras.models.load_model(finished_model), len(read_metrics_csv(resume_dir / "metrics.csv"))
+    # Only a conditional model takes labels (the model of `tfvae.models` with num_classes).
+    conditional = {"num_classes": config.num_classes} if config.conditional else {}
     vae = build_conv_vae(
         image_shape,
         config.latent_dim,
+        **conditional,
         filters=config.filters,
         hidden_units=config.hidden_units,
         likelihood=config_likelihood(config),
@@ -380,6 +390,29 @@ def write_diagnostics(vae, run_dir: Path, data, seed: int) -> tuple[dict, list[s
     active = [v > report["active_unit_threshold"] for v in report["posterior_mean_variance"]]
     pictures.save_kl_per_dimension(report["kl_per_dimension"], run_dir / "kl_per_dimension.png", active)
     return report, ["kl_per_dimension.png"]
+
+
+def write_test_metrics(vae, run_dir: Path, test, config: TrainConfig) -> dict:
+    """Scores the run's last model on its test set and writes `test_metrics.json`.
+
+    The test set is scored only here, after training: it never chooses a checkpoint.
+
+    Args:
+        vae: the run's last model (model.keras).
+        run_dir: the run directory.
+        test: the `tfvae.data.HeldOutData` of the run's `test_dataset` (`DataSplits.test`).
+        config: the run's `TrainConfig`.
+
+    Returns:
+        The fields of `tfvae.evaluation.score` (ELBO and IW-NLL with K = `TEST_IW_SAMPLES`,
+        which examples, their binarization), plus `dataset` and `checkpoint` ("last").
+    """
+    from tfvae.evaluation import score  # noqa: PLC0415 (tfvae.evaluation imports this module)
+
+    result = {"dataset": config.test_dataset, "checkpoint": "last"}
+    result.update(score(vae, test, TEST_IW_SAMPLES, config.batch_size, seed=config.seed))
+    write_json_atomic(run_dir / TEST_METRICS_FILE, result)
+    return result
 
 
 def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
@@ -431,6 +464,8 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     # a run directory behind (a retry of the corrected command would find it).
     with job.scope():
         data = load_data(config)
+        if config.conditional:
+            config = dataclasses.replace(config, num_classes=data.num_classes)
         preview_images, preview_labels = data.validation_examples(GRID_SIZE * 4, seed=config.seed)
         # Only the chief resumes in the run directory itself (see output_dir below).
         vae, initial_epoch = _run_model(
@@ -496,6 +531,9 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     if rows:
         pictures.save_loss_curves(rows, run_dir / "loss_curves.png")
         written.append("loss_curves.png")
+    test_metrics = None
+    if data.test is not None and finished_model.exists() and job.is_chief:
+        test_metrics = write_test_metrics(vae, run_dir, data.test, config)
     last = good_rows[-1] if good_rows else {}
     metrics = {
         "run_dir": str(run_dir),
@@ -505,6 +543,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
         "train": {k: _finite_or_none(v) for k, v in last.items() if k != "epoch" and not k.startswith("val_")},
         "validation": {k[4:]: _finite_or_none(v) for k, v in last.items() if k.startswith("val_")},
         "best_val_loss": best.best,
+        "test": test_metrics,
         "diagnostics": diagnostics,
         "seconds_this_session": round(seconds, 2),
         "image_shape": list(data.image_shape),

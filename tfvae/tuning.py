@@ -41,7 +41,7 @@ from tfvae.distributions import (
 )
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
-from tfvae.models import build_conv_vae
+from tfvae.models import build_conv_two_layer_vae, build_conv_vae
 from tfvae.objectives import ELBO, GRADIENT_ESTIMATORS, IWAE
 from tfvae.training import TrainConfig, load_data
 
@@ -82,8 +82,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
 
     Every argument that takes a sequence lists the candidates of one hyperparameter. The latent
     size is always the hyperparameter `"latent_dim"` (`hp.Choice`); the others are searched
-    (`"learning_rate"`, `"beta"`, `"free_bits"`, `"iw_samples"`, `"filters"`, `"batch_size"`)
-    only when given more than one candidate, and are fixed otherwise. `build(hp)` returns a built
+    (`"learning_rate"`, `"beta"`, `"free_bits"`, `"iw_samples"`, `"filters"`, `"batch_size"`,
+    `"stochastic_layers"`) only when given more than one candidate, and are fixed otherwise. `build(hp)` returns a built
     and compiled `tfvae.VAE`, so keras-tuner can load a trial's weights into it
     (`tuner.get_best_models()`).
 
@@ -117,11 +117,19 @@ class VAEHyperModel(keras_tuner.HyperModel):
         gradient_estimator: "standard" or "dreg", the encoder gradient when K > 1.
         filters: sequences of ints. Candidate encoder channels (the decoder mirrors them); H and W
             must be divisible by `2 ** len(filters)` for each.
-        hidden_units: int or None. An extra dense layer in encoder and decoder.
+        hidden_units: int or None. An extra dense layer in encoder and decoder. The two-layer
+            model's hidden layers (`build_conv_two_layer_vae`) have this width, 300 when None.
+        stochastic_layers: ints in {1, 2}. Candidate numbers of stochastic layers: 1 builds a
+            `tfvae.VAE`, 2 a `tfvae.TwoLayerVAE` with `latent_dim` units in each layer (the prior
+            on the top one); 2 is refused with free bits > 0 or DReG.
         batch_sizes: ints >= 1, or None to keep the batch size of the data. With several, `fit`
             rebatches a `tf.data.Dataset` (or passes `batch_size` for arrays).
         seed: int or None. `build` resets Keras's global seeds to it (`keras.utils.set_random_seed`)
             and seeds the model's noise with it, so every trial starts alike.
+        num_classes: None, or int >= 2 for conditional VAEs (`tfvae.ConditionalVAE`), trained
+            and validated on `(images, labels)`.
+        class_prior: "standard_normal" or "learned" (see `tfvae.ConditionalVAE`), or both as
+            candidates of the `class_prior` hyperparameter. Only with num_classes.
 
     Raises:
         ValueError: an empty or invalid list of candidates, or an invalid likelihood.
@@ -152,8 +160,11 @@ class VAEHyperModel(keras_tuner.HyperModel):
         filters: Sequence[Sequence[int]] = ((32, 64),),
         hidden_units: int | None = None,
         batch_sizes: Sequence[int] | None = None,
+        stochastic_layers: Sequence[int] = (1,),
         seed: int | None = 0,
         name: str | None = "vae",
+        num_classes: int | None = None,
+        class_prior: str | Sequence[str] = "standard_normal",
     ):
         super().__init__(name=name)
         self.image_shape = tuple(image_shape)
@@ -176,6 +187,15 @@ class VAEHyperModel(keras_tuner.HyperModel):
             )
         self.filters = {_filters_key(f): tuple(f) for f in filters}
         self.batch_sizes = None if batch_sizes is None else _choices("batch_sizes", batch_sizes, int, 1)
+        self.stochastic_layers = _choices("stochastic_layers", stochastic_layers, int, 1)
+        if not set(self.stochastic_layers) <= {1, 2}:
+            raise ValueError(f"Expected stochastic_layers in (1, 2). Received: stochastic_layers={stochastic_layers!r}")
+        if 2 in self.stochastic_layers and (max(self.free_bits) > 0 or gradient_estimator == "dreg"):
+            raise ValueError(
+                "Expected no free bits and no DReG with two stochastic layers: both need q(z|x) to be "
+                f"one diagonal Gaussian. Received: free_bits={list(self.free_bits)}, "
+                f"gradient_estimator={gradient_estimator!r}"
+            )
         names = (likelihood,) if isinstance(likelihood, str) else tuple(likelihood)
         if not names or not all(isinstance(name, str) for name in names):
             raise ValueError(f"Expected likelihood to be a name or a sequence of names. Received: likelihood={likelihood!r}")
@@ -193,6 +213,13 @@ class VAEHyperModel(keras_tuner.HyperModel):
             )
         self.hidden_units = hidden_units
         self.seed = seed
+        self.num_classes = num_classes
+        self.class_priors = (class_prior,) if isinstance(class_prior, str) else tuple(class_prior)
+        for candidate in self.class_priors:  # raises on bad classes or class priors
+            build_conv_vae(
+                self.image_shape, self.latent_dims[0], filters=next(iter(self.filters.values())),
+                num_classes=num_classes, class_prior=candidate,
+            )
         # Fails now, not in the first trial, when the shapes do not fit (e.g. too many filters).
         for channels in self.filters.values():
             build_conv_vae(self.image_shape, self.latent_dims[0], filters=channels, hidden_units=hidden_units)
@@ -268,7 +295,9 @@ class VAEHyperModel(keras_tuner.HyperModel):
             hp: `keras_tuner.HyperParameters`.
 
         Returns:
-            A built `tfvae.VAE`, compiled with Adam (whose variables are built).
+            A built `tfvae.VAE` (a `tfvae.ConditionalVAE` with `num_classes`, a
+            `tfvae.TwoLayerVAE` for 2 stochastic layers), compiled with Adam (whose variables are
+            built).
         """
         if self.seed is not None:
             # Every trial starts from the same random state, whatever ran before it (an earlier
@@ -278,17 +307,28 @@ class VAEHyperModel(keras_tuner.HyperModel):
         filters = self.filters[self._pick(hp, "filters", list(self.filters))]
         learning_rate = self._pick(hp, "learning_rate", self.learning_rates)
         likelihood = self._likelihood(self._pick(hp, "likelihood", self.likelihoods))
-        vae = build_conv_vae(
-            self.image_shape,
-            latent_dim,
-            filters=filters,
-            hidden_units=self.hidden_units,
-            likelihood=likelihood,
-            prior=self._prior(self._pick(hp, "prior", self.priors)),
-            objective=self._training_objective(hp),
-            seed=self.seed,
-            posterior=self._posterior(self._pick(hp, "posterior", self.posteriors)),
-        )
+        parts = {
+            "filters": filters,
+            "likelihood": likelihood,
+            "prior": self._prior(self._pick(hp, "prior", self.priors)),
+            "objective": self._training_objective(hp),
+            "seed": self.seed,
+            "posterior": self._posterior(self._pick(hp, "posterior", self.posteriors)),
+        }
+        if self._pick(hp, "stochastic_layers", self.stochastic_layers) == 2:
+            if self.num_classes is not None:
+                raise ValueError(
+                    "Expected stochastic_layers=(1,) for a conditional search (num_classes): the "
+                    f"two-layer model is not conditional. Received: stochastic_layers={self.stochastic_layers}"
+                )
+            vae = build_conv_two_layer_vae(
+                self.image_shape, (latent_dim, latent_dim), hidden_units=self.hidden_units or 300, **parts
+            )
+        else:
+            vae = build_conv_vae(
+                self.image_shape, latent_dim, hidden_units=self.hidden_units, num_classes=self.num_classes,
+                class_prior=self._pick(hp, "class_prior", self.class_priors), **parts,
+            )
         vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
         # Built now, so that loading a trial's checkpoint restores the optimizer's state too.
         vae.optimizer.build(vae.trainable_variables)

@@ -10,10 +10,13 @@ import importlib
 _PUBLIC_NAMES = {
     "DataError": "tfvae.data.errors",
     "DataSplits": "tfvae.data.pipeline",
+    "EVALUATION_SEED": "tfvae.data.pipeline",
+    "HeldOutData": "tfvae.data.pipeline",
     "add_data_arguments": "tfvae.data.arguments",
     "load": "tfvae.data.pipeline",
     "load_digits": "tfvae.data.builtin",
     "load_from_arguments": "tfvae.data.arguments",
+    "load_held_out": "tfvae.data.pipeline",
     "translate_pipeline_errors": "tfvae.data.errors",
 }
 

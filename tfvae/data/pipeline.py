@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -13,22 +12,96 @@ import tensorflow as tf
 
 from tfvae.config import DEFAULT_SHUFFLE_BUFFER
 from tfvae.data import preprocessing
-from tfvae.data.errors import DataError, translate_pipeline_errors
+from tfvae.data.batching import (
+    CACHE_MODES,
+    DEFAULT_MAX_CACHE_BYTES,
+    TRAIN_STREAM,
+    cache_split,
+    check_dequantize,
+    check_eight_bit,
+    check_options,
+    dequantized,
+    held_out_batches,
+    image_shape_of,
+    labels_or_not,
+    prepare_fn,
+)
+from tfvae.data.errors import translate_pipeline_errors
 from tfvae.data.sources import Source, digits_source, local_source, looks_like_path
 from tfvae.data.tfds_source import UnknownDatasetError, tfds_source
 
 #: A source starting with it is a tensorflow-datasets name, even when a local path has that name.
 TFDS_PREFIX = "tfds:"
-#: The `cache` values that are not file path prefixes.
-_CACHE_MODES = ("auto", "memory", "none")
 _logger = logging.getLogger(__name__)
 
-#: With cache="auto", a split is cached in memory when its stored images take at most this.
-DEFAULT_MAX_CACHE_BYTES = 1 << 30
 #: Examples read to choose `validation_examples` from.
 _EXAMPLE_POOL = 2048
-# Distinct stateless-seed streams, so training and validation samples are independent.
-_TRAIN_STREAM, _VALIDATION_STREAM = 1, 2
+#: The seed of the one fixed binarization (or dequantization) of the data a model is scored on:
+#: a test set (`load(..., test_dataset=...)`, `load_held_out`) and `tfvae evaluate`.
+EVALUATION_SEED = 1234
+
+
+def describe_binarization(binarize: str, threshold: float | None, seed: int) -> str:
+    """How held-out images are binarized, in words: "none", "at threshold 0.5", or "one fixed
+    Bernoulli sample per image (seed 1234)"."""
+    if binarize == "none":
+        return "none"
+    if binarize == "static" and threshold is not None:
+        return f"at threshold {threshold:g}"
+    return f"one fixed Bernoulli sample per image (seed {seed})"
+
+
+#: How `HeldOutData.description` words each `Source.held_out_split`.
+_SPLIT_WORDS = {
+    "all": "all {count} examples of",
+    "test": "the test split ({count} examples) of",
+    "validation": "the validation split ({count} examples) of",
+    "held-out": "the held-out validation slice ({count} examples, seeded) of",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutData:
+    """Examples to score a model on: a test set or a validation split (`load_held_out`).
+
+    Attributes:
+        data: finite `tf.data.Dataset` of float32 image batches `[B, H, W, C]` in [0, 1], in a
+            fixed order, with one fixed binarization; `(images, labels)` batches (labels int64
+            `[B]`) when loaded with `labels=True`.
+        num_examples: how many examples `data` holds, or None when unknown.
+        image_shape: `(H, W, C)`.
+        split: what the examples are: "all" (every image of a local file or folder), "test",
+            "validation" (a split of that name) or "held-out" (the seeded random slice of the
+            training data that training validates on).
+        source: the source's name or path.
+        source_kind: as `DataSplits.source_kind`.
+        binarization: how the images are binarized, in words (`describe_binarization`).
+        dequantized: whether the images are uniformly dequantized (one fixed draw).
+        has_labels: whether the source has class labels.
+        num_classes: with labels, the number of classes.
+    """
+
+    data: tf.data.Dataset
+    num_examples: int | None
+    image_shape: tuple[int, int, int]
+    split: str
+    source: str
+    source_kind: str
+    binarization: str
+    dequantized: bool
+    has_labels: bool
+    num_classes: int | None
+
+    @property
+    def source_description(self) -> str:
+        """The kind and name of the source, e.g. "local file 'test.npz'"."""
+        return f"{self.source_kind} '{self.source}'"
+
+    @property
+    def description(self) -> str:
+        """Which examples these are, e.g. "all 500 examples of local file 'test.npz'"."""
+        count = "the" if self.num_examples is None else f"{self.num_examples:,}"
+        return f"{_SPLIT_WORDS[self.split].format(count=count)} {self.source_description}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +110,8 @@ class DataSplits:
 
     Attributes:
         train: finite `tf.data.Dataset` of float32 image batches `[B, H, W, C]` in [0, 1]
-            (B = the global batch size, smaller for the last batch), reshuffled each epoch.
+            (B = the global batch size, smaller for the last batch), reshuffled each epoch;
+            with `with_labels`, `(images, labels)` batches, labels int64 `[B]`.
         validation: the same, not shuffled; with dynamic binarization it holds one fixed
             binarization, so evaluations are comparable.
         image_shape: `(H, W, C)`.
@@ -50,6 +124,11 @@ class DataSplits:
             "tensorflow-datasets".
         dequantized: whether `train` and `validation` hold uniformly dequantized 8-bit values
             (`load(..., dequantize=True)`).
+        with_labels: whether the batches are `(images, labels)` (`load(..., labels=True)`).
+        num_classes: with labels, the number of classes (labels are 0..num_classes - 1).
+        validation_split: what `validation` holds, as `HeldOutData.split` ("held-out",
+            "validation" or "test").
+        test: the test set of `load(..., test_dataset=...)`, or None.
     """
 
     train: tf.data.Dataset
@@ -63,6 +142,10 @@ class DataSplits:
     source_kind: str
     _validation_examples: tf.data.Dataset = dataclasses.field(repr=False)
     dequantized: bool = False
+    with_labels: bool = False
+    num_classes: int | None = None
+    validation_split: str = "held-out"
+    test: HeldOutData | None = None
 
     @property
     def source_description(self) -> str:
@@ -94,87 +177,6 @@ class DataSplits:
         return images.numpy(), (labels.numpy() if self.has_labels else None)
 
 
-def _check_options(
-    binarize, threshold, image_size, channels, batch_size, validation_fraction, cache,
-    max_cache_bytes, shuffle_buffer,
-):
-    if binarize not in preprocessing.BINARIZE_MODES:
-        raise ValueError(
-            f"Expected binarize to be one of {list(preprocessing.BINARIZE_MODES)}. "
-            f"Received: binarize={binarize!r}"
-        )
-    if threshold is not None and (binarize != "static" or not 0.0 <= threshold < 1.0):
-        raise ValueError(
-            "Expected threshold in [0, 1) together with binarize='static' (None: one fixed "
-            f"Bernoulli sample). Received: threshold={threshold!r}, binarize={binarize!r}"
-        )
-    if image_size is not None and (
-        len(image_size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                                    for s in image_size)
-    ):
-        raise ValueError(
-            f"Expected image_size to be (height, width) of positive integers. "
-            f"Received: image_size={image_size!r}"
-        )
-    if channels not in (None, 1, 3):
-        raise ValueError(f"Expected channels to be None, 1 or 3. Received: channels={channels!r}")
-    for name, value in (("batch_size", batch_size), ("shuffle_buffer", shuffle_buffer)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
-    if not isinstance(validation_fraction, (int, float)) or not 0.0 < validation_fraction < 1.0:
-        raise ValueError(
-            "Expected validation_fraction in (0, 1). "
-            f"Received: validation_fraction={validation_fraction!r}"
-        )
-    if isinstance(max_cache_bytes, bool) or not isinstance(max_cache_bytes, int) or (
-        max_cache_bytes < 0
-    ):
-        raise ValueError(
-            f"Expected max_cache_bytes to be an integer >= 0. Received: {max_cache_bytes!r}"
-        )
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if batch_size % replicas:
-        raise ValueError(
-            f"Expected a global batch_size divisible by the {replicas} replicas of the active "
-            f"strategy. Received: batch_size={batch_size}"
-        )
-    if not isinstance(cache, str) or not cache:
-        raise ValueError(
-            "Expected cache to be 'auto', 'memory', 'none' or a file path prefix. "
-            f"Received: cache={cache!r}"
-        )
-    if cache not in _CACHE_MODES:
-        _check_cache_folder(cache)
-
-
-def _cache_file(cache: str, split: str) -> str:
-    return str(Path(f"{cache}-{split}").expanduser())
-
-
-def _check_cache_folder(cache: str) -> None:
-    """Checks that the folder of an on-disk cache exists and is writable.
-
-    TensorFlow would only fail when the first epoch reaches the cache, mid-`fit`.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-        DataError: it is not a folder, or not writable.
-    """
-    folder = Path(_cache_file(cache, "train")).parent
-    if not folder.exists():
-        raise FileNotFoundError(
-            "Expected cache to be a file path prefix in an existing folder (or 'auto', "
-            f"'memory', 'none'). Received: cache='{cache}', whose folder '{folder}' does not "
-            "exist: no such file or folder; create it first."
-        )
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        state = "is not a folder" if not folder.is_dir() else "is not writable"
-        raise DataError(
-            "Expected cache to be a file path prefix in a writable folder. Received: "
-            f"cache='{cache}', whose folder '{folder}' {state}."
-        )
-
-
 def open_source(
     source: str,
     data_dir: str | None,
@@ -182,13 +184,15 @@ def open_source(
     seed: int,
     resizing: bool,
     channels: int | None,
+    test: bool = False,
 ) -> Source:
     """Resolves `source` ('digits', a local path, a tfds name or `tfds:NAME`) to a `Source`.
 
     An existing local path wins over a tfds dataset of the same name (offline users keep
     their copy in a folder named `mnist`); when the name could be a tfds name, a warning on
     the `tfvae.data.pipeline` logger says which was used. `tfds:NAME` always means
-    tensorflow-datasets.
+    tensorflow-datasets. With `test`, the source is opened as a test set (see `local_source`
+    and `tfds_source`); the built-in digits have none, and give their held-out slice.
 
     Raises:
         FileNotFoundError: a path that does not exist; tfds data not prepared without network.
@@ -197,12 +201,12 @@ def open_source(
     if not isinstance(source, str) or not source:
         raise ValueError(f"Expected source to be a non-empty string. Received: source={source!r}")
     if source.startswith(TFDS_PREFIX):
-        return tfds_source(source[len(TFDS_PREFIX):], data_dir, validation_fraction, seed)
+        return tfds_source(source[len(TFDS_PREFIX):], data_dir, validation_fraction, seed, test)
     if source == "digits":
         return digits_source(validation_fraction, seed)
     path = Path(source).expanduser()
     if path.exists():
-        opened = local_source(path, validation_fraction, seed, resizing, channels)
+        opened = local_source(path, validation_fraction, seed, resizing, channels, test)
         if not looks_like_path(source):
             # The name could also be a tfds dataset's; asking tfds would cost its slow import.
             _logger.warning(
@@ -218,7 +222,7 @@ def open_source(
     if looks_like_path(source):
         raise missing_path
     try:
-        return tfds_source(source, data_dir, validation_fraction, seed)
+        return tfds_source(source, data_dir, validation_fraction, seed, test)
     except UnknownDatasetError:
         if "/" in source:  # not a tfds `name/config` either: a relative path, then
             raise missing_path from None
@@ -238,78 +242,93 @@ def source_short_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "data"
 
 
-def _prepare_fn(source: Source, image_size, channels, binarize, threshold, seed, stream):
-    """The per-image step before the cache: channels, crop, resize, static binarization.
+def _require_labels(opened: Source) -> None:
+    """Raises the one-line error for labels asked of a source without them."""
+    if not opened.has_labels:
+        raise ValueError(
+            "Expected a data source with class labels (labels=True, conditional training). "
+            f"Received: {opened.kind} '{opened.name}', which has none. Give labels as the IDX labels "
+            "file beside the images file ('...-labels-idx1-ubyte.gz' beside '...-images-idx3-ubyte.gz'), "
+            "a 'labels' (or 'y', 'y_train' and 'y_test') array in the .npz, one subfolder per class "
+            "in an image folder, or a tensorflow-datasets dataset with a 'label' feature."
+        )
 
-    Its output keeps a compact dtype (uint8 stays uint8) so the cache stays small; scaling
-    to [0, 1] happens per batch.
+
+def load_held_out(
+    source: str,
+    *,
+    split: str = "test",
+    batch_size: int = 100,
+    data_dir: str | None = None,
+    binarize: str = "none",
+    threshold: float | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    validation_fraction: float = 0.1,
+    cache: str = "auto",
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+    seed: int = 0,
+    dequantize: bool = False,
+    labels: bool = False,
+) -> HeldOutData:
+    """Loads the examples to score a model on: a test set, or the validation split of `load`.
+
+    With split="test", a local file or folder is a test set as a whole: all of its images (an
+    IDX folder with a `train-*` and a `t10k-*` file gives the `t10k-*` file; a .npz with
+    `x_test` gives `x_test`); a tensorflow-datasets name gives its `test` split (else
+    `validation`, else the held-out slice); the built-in digits give their held-out slice.
+    With split="validation", exactly what `load(source, ...)` validates on with the same
+    `validation_fraction` and `seed`. Binarized (or dequantized) images get one fixed sample
+    drawn with `EVALUATION_SEED` (1234), whatever `seed` is, so scores compare across runs.
+
+    Args:
+        source: str. As `load`'s.
+        split: "test" or "validation".
+        batch_size, data_dir, binarize, threshold, image_size, channels, cache,
+            max_cache_bytes, dequantize: as `load`'s ("dynamic" binarization means the one
+            fixed sample). A cache file path prefix counts as "auto": a training run's cache
+            files hold other examples or another binarization, so held-out data is cached in
+            memory when it fits, and never on disk.
+        validation_fraction, seed: the held-out slice of split="validation" (and of a test set
+            that has to be one), as `load`'s.
+        labels: bool. Batches of `(images, labels)`; a source without labels is a ValueError.
 
     Returns:
-        `(prepare, pixel_max)`: `prepare(image, label) -> (image, label)` and the
-        white value of its output.
+        A `HeldOutData`.
+
+    Raises:
+        ValueError, DataError, FileNotFoundError: as `load`; a split other than "test" or
+            "validation"; labels asked of a source without labels.
     """
-    source_pixel_max = source.pixel_max
-    fixed_sample = binarize == "dynamic" and stream == _VALIDATION_STREAM
-    static = binarize == "static" or fixed_sample
-
-    def prepare(image, label):
-        stored_dtype = image.dtype
-        image = preprocessing.match_channels(image, channels)
-        if source.crop is not None:
-            image = preprocessing.center_crop(image, *source.crop)
-        if image_size is not None:
-            image = preprocessing.center_crop_and_resize(image, image_size)
-            if stored_dtype.is_integer:
-                image = tf.cast(tf.round(image), stored_dtype)
-        if static:
-            unit = preprocessing.to_unit_float(image, source_pixel_max)
-            if threshold is not None and not fixed_sample:
-                image = preprocessing.threshold_binarize(unit, threshold)
-            else:
-                # The seed comes from the image's content, not its position (tfds shuffles its
-                # files each epoch): the same image gets the same sample every epoch and run.
-                content_hash = tf.strings.to_hash_bucket_fast(
-                    tf.io.serialize_tensor(image), tf.int64.max
-                )
-                example_seed = tf.stack([tf.constant(seed * 4 + stream, tf.int64), content_hash])
-                image = preprocessing.bernoulli_binarize(unit, example_seed)
-            image = tf.cast(image, tf.uint8)
-        return image, label
-
-    return prepare, (1.0 if static else source_pixel_max)
-
-
-def _image_shape(dataset: tf.data.Dataset, source: Source) -> tuple[int, int, int]:
-    shape = dataset.element_spec[0].shape
-    if not shape.is_fully_defined():
-        raise ValueError(
-            f"Expected images of one size from '{source.name}', or an image_size "
-            f"(--image-size) to resize them to. Received: images of shape {shape} (varying)."
-        )
-    return tuple(int(size) for size in shape)
-
-
-def _cache(dataset, cache: str, num_examples, image_shape, dtype, max_cache_bytes, split):
-    if cache == "none":
-        return dataset
-    if cache == "memory":
-        return dataset.cache()
-    if cache == "auto":
-        if num_examples is None:
-            return dataset
-        size = num_examples * int(np.prod(image_shape)) * tf.as_dtype(dtype).size
-        return dataset.cache() if size <= max_cache_bytes else dataset
-    return dataset.cache(_cache_file(cache, split))
-
-
-def _dequantized(batches: tf.data.Dataset, seed: int, stream: int, rerandomize: bool):
-    """Uniformly dequantized image batches, one stateless seed per batch."""
-    batch_seeds = tf.data.Dataset.random(seed=seed * 4 + stream, rerandomize_each_iteration=rerandomize)
-    return tf.data.Dataset.zip((batches, batch_seeds)).map(
-        lambda images, batch_seed: preprocessing.uniform_dequantize(
-            images, tf.stack([batch_seed, tf.constant(stream, tf.int64)])
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
+    if split not in ("test", "validation"):
+        raise ValueError(f"Expected split 'test' or 'validation'. Received: split={split!r}")
+    if image_size is not None:
+        image_size = tuple(image_size)
+    check_dequantize(binarize, dequantize)
+    check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
+                   cache, max_cache_bytes, DEFAULT_SHUFFLE_BUFFER)
+    opened = open_source(source, data_dir, validation_fraction, seed, image_size is not None,
+                         channels, test=split == "test")
+    cache = cache if cache in CACHE_MODES else "auto"
+    if labels:
+        _require_labels(opened)
+    if dequantize:
+        check_eight_bit(opened, opened.validation)
+    settings = dict(image_size=image_size or opened.default_image_size, channels=channels,
+                    binarize=binarize, threshold=threshold, batch_size=batch_size,
+                    dequantize=dequantize)
+    batches, _, image_shape = held_out_batches(opened, settings, EVALUATION_SEED, cache, max_cache_bytes)
+    return HeldOutData(
+        data=labels_or_not(batches, labels).prefetch(tf.data.AUTOTUNE),
+        num_examples=opened.num_validation,
+        image_shape=image_shape,
+        split=opened.held_out_split,
+        source=opened.name,
+        source_kind=opened.kind,
+        binarization=describe_binarization(binarize, threshold, EVALUATION_SEED),
+        dequantized=dequantize,
+        has_labels=opened.has_labels,
+        num_classes=opened.num_classes,
     )
 
 
@@ -328,6 +347,8 @@ def load(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     seed: int = 0,
     dequantize: bool = False,
+    labels: bool = False,
+    test_dataset: str | None = None,
 ) -> DataSplits:
     """Loads images from a tfds name, a local file or folder, or the built-in digits.
 
@@ -365,6 +386,15 @@ def load(
             (Gaussian, continuous Bernoulli): values (255 x + u) / 256, u ~ U(0, 1) per
             sub-pixel, fresh each epoch for training and one fixed draw for validation; then
             bits/dim = (NLL + D ln 256) / (D ln 2). Only for 8-bit sources, without binarize.
+        labels: bool. Batches of `(images, labels)` (int64 `[B]`, 0..num_classes - 1) for
+            training and validation (and the test set), as a conditional model trains on; a
+            source without labels is a ValueError saying how to give them. Without it, image
+            batches alone.
+        test_dataset: str or None. A test set (any source `load` takes) scored after training,
+            never used for training or checkpoint selection: all of a local file or folder,
+            the test split of a tfds name (see `load_held_out`), with the same image settings
+            and one fixed binarization (seed 1234). It becomes `DataSplits.test`; validation
+            stays the split (or held-out slice) of `source`.
 
     Returns:
         A `DataSplits`.
@@ -374,7 +404,8 @@ def load(
             of a folder is decoded only when the pipeline reaches it: iterate the datasets
             inside `tfvae.data.translate_pipeline_errors()` to get this error then.
         ValueError: an unknown dataset name, an unsupported file, a folder without images,
-            images of mixed sizes without `image_size`, or a bad option.
+            images of mixed sizes without `image_size`, a bad option, labels asked of a source
+            without labels, or a test set whose image shape differs from the training data's.
         FileNotFoundError: a path that does not exist (or the folder of a `cache` path), or a
             tfds dataset that is not prepared when there is no network to download it.
 
@@ -389,39 +420,27 @@ def load(
     """
     if image_size is not None:
         image_size = tuple(image_size)
-    if not isinstance(dequantize, bool):
-        raise ValueError(f"Expected dequantize to be True or False. Received: dequantize={dequantize!r}")
-    if dequantize and binarize != "none":
-        raise ValueError(
-            "Expected dequantize=True only with binarize='none' (it spreads 8-bit levels, binary "
-            f"data has none). Received: binarize={binarize!r}"
-        )
-    _check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
+    check_dequantize(binarize, dequantize)
+    check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
                    cache, max_cache_bytes, shuffle_buffer)
     opened = open_source(
         source, data_dir, validation_fraction, seed, image_size is not None, channels
     )
-    image_size = image_size or opened.default_image_size
-
-    def prepared(split_examples, stream):
-        prepare, pixel_max = _prepare_fn(
-            opened, image_size, channels, binarize, threshold, seed, stream
-        )
-        dataset = split_examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset, pixel_max
-
-    train, train_pixel_max = prepared(opened.train, _TRAIN_STREAM)
-    validation, validation_pixel_max = prepared(opened.validation, _VALIDATION_STREAM)
-    image_shape = _image_shape(train, opened)
-    _image_shape(validation, opened)
+    if labels:
+        _require_labels(opened)
+    settings = dict(image_size=image_size or opened.default_image_size, channels=channels,
+                    binarize=binarize, threshold=threshold, batch_size=batch_size,
+                    dequantize=dequantize)
+    prepare, train_pixel_max = prepare_fn(
+        opened, settings["image_size"], channels, binarize, threshold, seed, TRAIN_STREAM
+    )
+    train = opened.train.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    image_shape = image_shape_of(train, opened)
     stored_dtype = train.element_spec[0].dtype
-    if dequantize and (stored_dtype != tf.uint8 or train_pixel_max != 255.0):
-        raise ValueError(
-            f"Expected 8-bit images (uint8, 0..255) from '{opened.name}' with dequantize=True. "
-            f"Received: {stored_dtype.name} images with white = {train_pixel_max:g}."
-        )
+    if dequantize:
+        check_eight_bit(opened, train)
 
-    train = _cache(train, cache, opened.num_train, image_shape, stored_dtype,
+    train = cache_split(train, cache, opened.num_train, image_shape, stored_dtype,
                    max_cache_bytes, "train")
     train = train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     train = train.batch(batch_size)
@@ -430,37 +449,44 @@ def load(
         # given `seed`), so each image gets a fresh Bernoulli sample each time it is seen.
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         train = tf.data.Dataset.zip((train, batch_seeds)).map(
-            lambda batch, batch_seed: preprocessing.bernoulli_binarize(
-                preprocessing.to_unit_float(batch[0], train_pixel_max),
-                tf.stack([batch_seed, tf.constant(_TRAIN_STREAM, tf.int64)]),
+            lambda batch, batch_seed: (
+                preprocessing.bernoulli_binarize(
+                    preprocessing.to_unit_float(batch[0], train_pixel_max),
+                    tf.stack([batch_seed, tf.constant(TRAIN_STREAM, tf.int64)]),
+                ),
+                batch[1],
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
         train = train.map(
-            lambda images, labels: preprocessing.to_unit_float(images, train_pixel_max),
+            lambda images, labels: (preprocessing.to_unit_float(images, train_pixel_max), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if dequantize:
         # Fresh noise each epoch for training (as dynamic binarization), one fixed draw for
-        # validation: its batches come in a fixed order, so a non-rerandomized stream fixes it.
-        train = _dequantized(train, seed, _TRAIN_STREAM, rerandomize=True)
-
-    # Pictures read a few examples: from before the cache, which a partial read would not fill.
-    validation_examples = validation.map(
-        lambda image, label: (preprocessing.to_unit_float(image, validation_pixel_max), label)
+        # validation (see held_out_batches).
+        train = dequantized(train, seed, TRAIN_STREAM, rerandomize=True)
+    validation, validation_examples, validation_shape = held_out_batches(
+        opened, settings, seed, cache, max_cache_bytes
     )
-    validation = _cache(validation, cache, opened.num_validation, image_shape, stored_dtype,
-                        max_cache_bytes, "validation")
-    validation = validation.batch(batch_size).map(
-        lambda images, labels: preprocessing.to_unit_float(images, validation_pixel_max),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    if dequantize:
-        validation = _dequantized(validation, seed, _VALIDATION_STREAM, rerandomize=False)
+    if validation_shape != image_shape:
+        raise ValueError(
+            f"Expected validation images of the training images' shape {image_shape}. "
+            f"Received: {validation_shape} from '{opened.name}'."
+        )
+    test = None
+    if test_dataset is not None:
+        test = load_held_out(
+            test_dataset, split="test", batch_size=batch_size, data_dir=data_dir,
+            binarize=binarize, threshold=threshold, image_size=settings["image_size"], channels=channels,
+            validation_fraction=validation_fraction, cache=cache, max_cache_bytes=max_cache_bytes,
+            seed=seed, dequantize=dequantize, labels=labels,
+        )
+        _check_test_set(test, image_shape, opened, labels)
     return DataSplits(
-        train=train.prefetch(tf.data.AUTOTUNE),
-        validation=validation.prefetch(tf.data.AUTOTUNE),
+        train=labels_or_not(train, labels).prefetch(tf.data.AUTOTUNE),
+        validation=labels_or_not(validation, labels).prefetch(tf.data.AUTOTUNE),
         image_shape=image_shape,
         num_train=opened.num_train,
         num_validation=opened.num_validation,
@@ -470,4 +496,24 @@ def load(
         source_kind=opened.kind,
         _validation_examples=validation_examples,
         dequantized=dequantize,
+        with_labels=labels,
+        num_classes=opened.num_classes,
+        validation_split=opened.held_out_split,
+        test=test,
     )
+
+
+def _check_test_set(test: HeldOutData, image_shape, opened: Source, labels: bool) -> None:
+    """A test set must fit the model trained on `opened`: the same image shape and classes."""
+    if test.image_shape != image_shape:
+        raise ValueError(
+            f"Expected test images of the training images' shape {image_shape} (the same "
+            f"image_size and channels apply). Received: {test.image_shape} from "
+            f"{test.source_description}."
+        )
+    if labels and test.num_classes > opened.num_classes:
+        raise ValueError(
+            f"Expected test labels among the {opened.num_classes} classes of {opened.kind} "
+            f"'{opened.name}'. Received: labels up to {test.num_classes - 1} from "
+            f"{test.source_description}."
+        )

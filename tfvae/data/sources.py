@@ -2,7 +2,8 @@
 
 Each opener returns a `Source`: unbatched `(image, label)` datasets for training and
 validation in the source's own pixel type, plus what the pipeline needs to know about them.
-tensorflow-datasets sources live in `tfvae.data.tfds_source`.
+`local_source(..., test=True)` opens a local path as a test set instead: all of its images
+(or its test part). tensorflow-datasets sources live in `tfvae.data.tfds_source`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ NO_LABEL = -1
 DATA_FILE_SUFFIXES = (".npz", ".npy", ".gz", *IMAGE_SUFFIXES)
 #: `Source.kind` values: where the examples come from.
 SOURCE_KINDS = ("built-in", "local file", "local folder", "tensorflow-datasets")
+#: `Source.held_out_split` values: what the held-out examples (`Source.validation`) are.
+#: "all": every image of the source (a test set); "test", "validation": a split of that name
+#: (a tfds split, the t10k file of an IDX folder, `x_test` of a .npz); "held-out": a seeded
+#: random slice of the training data.
+HELD_OUT_SPLITS = ("all", "test", "validation", "held-out")
 
 
 @dataclasses.dataclass
@@ -40,8 +46,9 @@ class Source:
         name: what the user asked for (a dataset name or a path), for messages.
         kind: where the examples come from, one of `SOURCE_KINDS`.
         train: unbatched dataset of `(image, label)`: image `[H, W, C]` with values in
-            0..pixel_max (uint8 or float32), label int64 (`NO_LABEL` without labels).
-        validation: the same for validation.
+            0..pixel_max (uint8 or float32), label int64 (`NO_LABEL` without labels); None
+            for a test set (`local_source(..., test=True)`, `tfds_source(..., test=True)`).
+        validation: the same for the held-out examples: validation, or the test set.
         num_train: number of training examples, or None when unknown.
         num_validation: number of validation examples, or None when unknown.
         pixel_max: the stored value of a white pixel (255 for uint8 images, 1 for floats and
@@ -50,11 +57,13 @@ class Source:
         label_names: class names indexed by label, when known.
         crop: a central window `(height, width)` cut before any resize (CelebA's faces), or None.
         default_image_size: the size images are resized to when the user gives none, or None.
+        num_classes: with labels, the number of classes (labels are 0..num_classes - 1).
+        held_out_split: what `validation` holds, one of `HELD_OUT_SPLITS`.
     """
 
     name: str
     kind: str
-    train: tf.data.Dataset
+    train: tf.data.Dataset | None
     validation: tf.data.Dataset
     num_train: int | None
     num_validation: int | None
@@ -63,6 +72,8 @@ class Source:
     label_names: tuple[str, ...] | None = None
     crop: tuple[int, int] | None = None
     default_image_size: tuple[int, int] | None = None
+    num_classes: int | None = None
+    held_out_split: str = "held-out"
 
 
 def holdout_split(num_examples: int, validation_fraction: float, name: str) -> int:
@@ -132,7 +143,18 @@ def _standardize_labels(labels, num_images: int, name: str) -> np.ndarray | None
             f"Expected {num_images} integer labels, one per image. Received: {labels.shape[0]} "
             f"labels of dtype {labels.dtype} from '{name}'."
         )
+    if labels.size and labels.min() < 0:
+        raise ValueError(
+            f"Expected class labels >= 0. Received: the label {labels.min()} from '{name}'."
+        )
     return labels.astype(np.int64)
+
+
+def _num_classes(*labels: np.ndarray | None) -> int | None:
+    """1 + the largest label of the arrays, or None when any of them is missing."""
+    if any(part is None for part in labels):
+        return None
+    return 1 + max(int(part.max()) for part in labels if part.size)
 
 
 def _examples_dataset(images: np.ndarray, labels: np.ndarray | None) -> tf.data.Dataset:
@@ -148,6 +170,7 @@ def array_source(
     validation: tuple[np.ndarray, np.ndarray | None] | None,
     validation_fraction: float,
     seed: int,
+    held_out_split: str | None = None,
 ) -> Source:
     """A `Source` from in-memory arrays, holding out a seeded random slice when no validation.
 
@@ -158,6 +181,8 @@ def array_source(
         validation: the same for a validation split, or None to hold out `validation_fraction`.
         validation_fraction: float in (0, 1), used when `validation` is None.
         seed: int. The permutation applied before the hold-out split.
+        held_out_split: what `validation` is, one of `HELD_OUT_SPLITS` (default: "test" when
+            given, else "held-out").
 
     Raises:
         ValueError: bad shapes, values, labels or fraction.
@@ -193,13 +218,47 @@ def array_source(
         num_validation=len(validation_images),
         pixel_max=pixel_max,
         has_labels=train_labels is not None and validation_labels is not None,
+        num_classes=_num_classes(train_labels, validation_labels),
+        held_out_split=held_out_split or ("held-out" if validation is None else "test"),
+    )
+
+
+def array_test_source(
+    name: str, kind: str, examples: tuple[np.ndarray, np.ndarray | None], split: str
+) -> Source:
+    """A test set from in-memory arrays, in their stored order (no training examples).
+
+    Args:
+        name: the source's name, for messages.
+        kind: one of `SOURCE_KINDS`.
+        examples: `(images, labels or None)`: images `[N, H, W]` or `[N, H, W, C]`.
+        split: what the examples are, one of `HELD_OUT_SPLITS` ("all" or "test").
+
+    Raises:
+        ValueError: bad shapes, values or labels.
+    """
+    images, pixel_max = _standardize_images(examples[0], name)
+    labels = _standardize_labels(examples[1], len(images), name)
+    return Source(
+        name=name,
+        kind=kind,
+        train=None,
+        validation=_examples_dataset(images, labels),
+        num_train=None,
+        num_validation=len(images),
+        pixel_max=pixel_max,
+        has_labels=labels is not None,
+        num_classes=_num_classes(labels),
+        held_out_split=split,
     )
 
 
 def digits_source(validation_fraction: float, seed: int) -> Source:
     """scikit-learn's 8x8 digits (built in, no network)."""
     train, validation = load_digits(validation_fraction=validation_fraction, seed=seed)
-    return array_source("digits", "built-in", train, validation, validation_fraction, seed)
+    return array_source(
+        "digits", "built-in", train, validation, validation_fraction, seed, held_out_split="held-out"
+    )
 
 
 def _read_numpy_file(path: Path) -> dict[str, np.ndarray]:
@@ -228,31 +287,25 @@ def _read_numpy_file(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Source:
-    """A `.npy` image array, or a `.npz` archive of images (and labels).
+def _numpy_file_examples(path: Path):
+    """The examples of a `.npy` file or `.npz` archive (see `numpy_file_source` for the keys).
 
-    `.npz` keys: `x_train` / `y_train` with `x_test` (or `x_val`) / `y_test` (the layout of
-    Keras's mnist.npz); or `images` (or `x`) with optional `labels` (or `y`); or one array.
-
-    Raises:
-        DataError: a truncated, corrupt or unreadable file.
-        ValueError: arrays of the wrong shape, type or range, or unknown `.npz` keys.
+    Returns:
+        `(train, test, test_split)`: `(images, labels or None)` pairs, `test` None when the
+        archive has no test (or validation) arrays; `test_split` "test" or "validation".
     """
     arrays = _read_numpy_file(path)
 
     def first(*keys):
         return next((arrays[key] for key in keys if key in arrays), None)
 
-    def source(train, validation):
-        return array_source(str(path), "local file", train, validation, validation_fraction, seed)
-
     if "x_train" in arrays:
         train = (arrays["x_train"], first("y_train"))
-        validation_images = first("x_test", "x_val", "x_validation")
-        validation = None
-        if validation_images is not None:
-            validation = (validation_images, first("y_test", "y_val", "y_validation"))
-        return source(train, validation)
+        for split, suffixes in (("test", ("test",)), ("validation", ("val", "validation"))):
+            for suffix in suffixes:
+                if f"x_{suffix}" in arrays:
+                    return train, (arrays[f"x_{suffix}"], first(f"y_{suffix}")), split
+        return train, None, None
     images = first("images", "x")
     if images is None and len(arrays) == 1:
         images = next(iter(arrays.values()))
@@ -261,7 +314,29 @@ def numpy_file_source(path: Path, validation_fraction: float, seed: int) -> Sour
             "Expected a .npz archive with 'x_train' (and 'x_test'), 'images' or 'x', or a single "
             f"array. Received: keys {sorted(arrays)} in '{path}'."
         )
-    return source((images, first("labels", "y")), None)
+    return (images, first("labels", "y")), None, None
+
+
+def numpy_file_source(path: Path, validation_fraction: float, seed: int, test: bool = False) -> Source:
+    """A `.npy` image array, or a `.npz` archive of images (and labels).
+
+    `.npz` keys: `x_train` / `y_train` with `x_test` (or `x_val`) / `y_test` (the layout of
+    Keras's mnist.npz); or `images` (or `x`) with optional `labels` (or `y`); or one array.
+    With `test`, a test set: the test (or validation) arrays when there are, else all images.
+
+    Raises:
+        DataError: a truncated, corrupt or unreadable file.
+        ValueError: arrays of the wrong shape, type or range, or unknown `.npz` keys.
+    """
+    train, test_examples, test_split = _numpy_file_examples(path)
+    if test:
+        if test_examples is None:
+            return array_test_source(str(path), "local file", train, "all")
+        return array_test_source(str(path), "local file", test_examples, test_split)
+    return array_source(
+        str(path), "local file", train, test_examples, validation_fraction, seed,
+        held_out_split=test_split,
+    )
 
 
 def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -276,23 +351,27 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return images, labels
 
 
-def idx_file_source(path: Path, validation_fraction: float, seed: int) -> Source:
-    """An IDX images file (its labels file beside it is used when present)."""
+def idx_file_source(path: Path, validation_fraction: float, seed: int, test: bool = False) -> Source:
+    """An IDX images file (its labels file beside it is used when present); all of it with `test`."""
+    if test:
+        return array_test_source(str(path), "local file", _read_idx_images(path), "all")
     return array_source(
         str(path), "local file", _read_idx_images(path), None, validation_fraction, seed
     )
 
 
 def idx_folder_source(
-    folder: Path, images_files: list[Path], validation_fraction: float, seed: int
+    folder: Path, images_files: list[Path], validation_fraction: float, seed: int, test: bool = False
 ) -> Source:
     """A folder with MNIST's IDX files: `train-*` for training, `t10k-*` / `test-*` for validation.
+
+    With `test`, a test set: the `t10k-*` file (all of the one file when there is only one).
 
     Raises:
         ValueError: several IDX image files that are not one train and one test file.
     """
     if len(images_files) == 1:
-        return idx_file_source(images_files[0], validation_fraction, seed)
+        return idx_file_source(images_files[0], validation_fraction, seed, test)
     train_files = [p for p in images_files if p.name.startswith("train")]
     test_files = [p for p in images_files if p.name.startswith(("t10k", "test"))]
     if len(train_files) != 1 or len(test_files) != 1:
@@ -300,6 +379,8 @@ def idx_folder_source(
             "Expected one IDX images file, or one 'train-*' and one 't10k-*' (or 'test-*') file. "
             f"Received: {sorted(p.name for p in images_files)} in '{folder}'."
         )
+    if test:
+        return array_test_source(str(folder), "local folder", _read_idx_images(test_files[0]), "test")
     return array_source(
         str(folder),
         "local folder",
@@ -361,11 +442,13 @@ def image_folder_source(
     seed: int,
     resizing: bool,
     channels: int | None,
+    test: bool = False,
 ) -> Source:
     """The PNG/JPEG images under `folder` (recursively), decoded on the fly (streaming).
 
     When every image lies in a subfolder, the first-level subfolder names are the class
-    labels (sorted, numbered from 0).
+    labels (sorted, numbered from 0). With `test`, all the images are a test set, in the
+    order of their sorted paths.
 
     Args:
         folder: the folder.
@@ -373,6 +456,7 @@ def image_folder_source(
         seed: int. Seed of that permutation.
         resizing: whether the pipeline resizes images (then their sizes may differ).
         channels: 1 or 3 to decode to, or None for the images' own (3 if any is in color).
+        test: bool. Open the folder as a test set (no training examples).
 
     Raises:
         ValueError: no images, unreadable images, mixed sizes without `resizing`.
@@ -392,10 +476,13 @@ def image_folder_source(
         label_names = tuple(sorted({parts[0] for parts in relative_parts}))
         label_of_name = {label_name: index for index, label_name in enumerate(label_names)}
         labels = np.array([label_of_name[parts[0]] for parts in relative_parts], np.int64)
-    order = np.random.default_rng(seed).permutation(len(files))
-    paths = np.array([str(path) for path in files])[order]
-    labels = labels[order]
-    split = holdout_split(len(files), validation_fraction, str(folder))
+    paths = np.array([str(path) for path in files])
+    if test:
+        split = 0
+    else:
+        order = np.random.default_rng(seed).permutation(len(files))
+        paths, labels = paths[order], labels[order]
+        split = holdout_split(len(files), validation_fraction, str(folder))
     static_shape = (*size, channels) if size is not None else (None, None, channels)
 
     def files_dataset(selection):
@@ -404,13 +491,15 @@ def image_folder_source(
     return Source(
         name=str(folder),
         kind="local folder",
-        train=files_dataset(slice(None, split)),
+        train=None if test else files_dataset(slice(None, split)),
         validation=files_dataset(slice(split, None)),
-        num_train=split,
+        num_train=None if test else split,
         num_validation=len(files) - split,
         pixel_max=255.0,
         has_labels=label_names is not None,
         label_names=label_names,
+        num_classes=None if label_names is None else len(label_names),
+        held_out_split="all" if test else "held-out",
     )
 
 
@@ -481,8 +570,13 @@ def local_source(
     seed: int,
     resizing: bool,
     channels: int | None,
+    test: bool = False,
 ) -> Source:
     """The source for an existing local path: .npz/.npy, IDX file, IDX folder or image folder.
+
+    With `test`, the path is a test set: all of its images, except where it has a test part of
+    its own (the `t10k-*` file of an IDX folder, `x_test` of a .npz); then `Source.train` is
+    None and `Source.validation` holds the test examples (`held_out_split` says which).
 
     Raises:
         DataError: (a ValueError) an unreadable or corrupt file or folder.
@@ -496,17 +590,17 @@ def local_source(
     if path.is_dir():
         idx_files = sorted(p for p in path.iterdir() if p.is_file() and is_idx_images_name(p))
         if idx_files and not _list_images(path):
-            return idx_folder_source(path, idx_files, validation_fraction, seed)
-        return image_folder_source(path, validation_fraction, seed, resizing, channels)
+            return idx_folder_source(path, idx_files, validation_fraction, seed, test)
+        return image_folder_source(path, validation_fraction, seed, resizing, channels, test)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
-        return numpy_file_source(path, validation_fraction, seed)
+        return numpy_file_source(path, validation_fraction, seed, test)
     if suffix in IMAGE_SUFFIXES:
         raise ValueError(
             "Expected a folder of images, a .npz/.npy file or an IDX file. Received: the single "
             f"image '{path}'; pass its folder instead."
         )
-    return idx_file_source(path, validation_fraction, seed)
+    return idx_file_source(path, validation_fraction, seed, test)
 
 
 #: tensorflow-datasets names: `name`, `name/config`, `name:version`, `name/config:version`.

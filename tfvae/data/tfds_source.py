@@ -100,11 +100,15 @@ def _prepare(builder, name: str, data_dir: str | None) -> None:
     builder.download_and_prepare()
 
 
-def _choose_splits(builder, validation_fraction: float, name: str):
+def _choose_splits(builder, validation_fraction: float, name: str, test: bool = False):
     """The splits for training and validation (a held-out slice of train when needed).
 
+    Validation is the `validation` split, else `test`, else a held-out slice of `train`; with
+    `test` (choosing a test set) the `test` split comes first.
+
     Returns:
-        `(train_split, validation_split, num_train, num_validation)`.
+        `(train_split, validation_split, num_train, num_validation, held_out_split)`, the last
+        one of `tfvae.data.sources.HELD_OUT_SPLITS`.
     """
     splits = builder.info.splits
     if "train" not in splits:
@@ -113,17 +117,20 @@ def _choose_splits(builder, validation_fraction: float, name: str):
             f"Received: splits {sorted(splits)}."
         )
     num_examples = splits["train"].num_examples
-    for validation in ("validation", "test"):
+    for validation in ("test", "validation") if test else ("validation", "test"):
         if validation in splits:
-            return "train", validation, num_examples, splits[validation].num_examples
+            return "train", validation, num_examples, splits[validation].num_examples, validation
     split = holdout_split(num_examples, validation_fraction, name)
-    return f"train[:{split}]", f"train[{split}:]", split, num_examples - split
+    return f"train[:{split}]", f"train[{split}:]", split, num_examples - split, "held-out"
 
 
 def tfds_source(
-    name: str, data_dir: str | None, validation_fraction: float, seed: int
+    name: str, data_dir: str | None, validation_fraction: float, seed: int, test: bool = False
 ) -> Source:
     """A tensorflow-datasets dataset by name: `train`, and `validation`, `test` or a slice of train.
+
+    With `test`, a test set: `Source.train` is None and `Source.validation` holds the `test`
+    split (else `validation`, else the held-out slice of train that training validates on).
 
     Args:
         name: a tfds name (with an optional `/config` and `:version`).
@@ -131,6 +138,7 @@ def tfds_source(
         validation_fraction: float in (0, 1). Held out of train when there is no
             validation or test split.
         seed: int. Seeds tfds's file shuffling.
+        test: bool. Open the dataset's test split only.
 
     Raises:
         UnknownDatasetError: (a ValueError) an unknown name.
@@ -150,8 +158,8 @@ def tfds_source(
     _prepare(builder, name, data_dir)
     label_feature = features["label"] if "label" in features.keys() else None
     has_labels = isinstance(label_feature, tfds.features.ClassLabel)
-    train_split, validation_split, num_train, num_validation = _choose_splits(
-        builder, validation_fraction, name
+    train_split, validation_split, num_train, num_validation, held_out_split = _choose_splits(
+        builder, validation_fraction, name, test
     )
 
     def examples(split: str, shuffle_files: bool) -> tf.data.Dataset:
@@ -171,13 +179,15 @@ def tfds_source(
     return Source(
         name=name,
         kind="tensorflow-datasets",
-        train=examples(train_split, shuffle_files=True),
+        train=None if test else examples(train_split, shuffle_files=True),
         validation=examples(validation_split, shuffle_files=False),
-        num_train=num_train,
+        num_train=None if test else num_train,
         num_validation=num_validation,
         pixel_max=pixel_max,
         has_labels=has_labels,
         label_names=tuple(label_feature.names) if has_labels else None,
+        num_classes=label_feature.num_classes if has_labels else None,
+        held_out_split=held_out_split,
         crop=_CROPS.get(builder.name),
         default_image_size=_DEFAULT_IMAGE_SIZES.get(builder.name),
     )

@@ -31,6 +31,7 @@ from tfvae.distributions.posteriors import (
 )
 from tfvae.distributions.priors import (
     PRIORS,
+    ClassGaussianPrior,
     MixturePrior,
     Prior,
     StandardNormalPrior,
@@ -45,6 +46,7 @@ __all__ = [
     "PRIORS",
     "BernoulliLikelihood",
     "CategoricalLikelihood",
+    "ClassGaussianPrior",
     "ContinuousBernoulliLikelihood",
     "DiagonalGaussianPosterior",
     "DiscretizedLogisticLikelihood",

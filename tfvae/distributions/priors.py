@@ -8,6 +8,10 @@ registered for serialization here and named in `PRIORS`:
 - `vamp`: the VampPrior of Tomczak & Welling (2018), a uniform mixture of the encoder's
   posteriors at K learned pseudo-inputs.
 
+`ClassGaussianPrior`, a learned Gaussian per class p(z|y), is the class prior of a
+`tfvae.ConditionalVAE` (`class_prior="learned"`); it is not in `PRIORS`, which holds the priors
+of unconditional models.
+
 A prior that depends on the encoder (the VampPrior) does not own it: the `VAE` passes its
 `encode_base` callable to `distribution(latent_dim, encode=...)` at every use, so the prior
 serializes alone and the model has no cycle.
@@ -49,6 +53,9 @@ class Prior(keras.layers.Layer):
     #: Whether `distribution` takes the encoder (`encode=`); a prior without it is called as
     #: `distribution(latent_dim)`, so subclasses written for that signature keep working.
     uses_encoder: bool = False
+    #: Whether p(z|y) depends on a class label: `distribution` then takes `labels=` (one-hot
+    #: `[B, num_classes]`), and only a `tfvae.ConditionalVAE` accepts the prior.
+    uses_labels: bool = False
 
     def configure(self, image_shape) -> None:
         """Receives the model's image shape `(H, W, C)` before `build`. Default: unused."""
@@ -295,6 +302,94 @@ class VampPrior(Prior):
     def get_config(self):
         config = super().get_config()
         config.update(components=self.components, image_shape=self.image_shape, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class ClassGaussianPrior(Prior):
+    """A learned diagonal Gaussian per class, p(z|y) = N(z; mu_y, diag(sigma_y^2)).
+
+    The prior of a `tfvae.ConditionalVAE` built with `class_prior="learned"`. The weights are
+    the tables `locs` `[C, D]` (initially 0) and `raw_scales` `[C, D]` (sigma =
+    softplus(raw_scale) + 1e-5, initially 1), so training starts from N(0, I) for every class.
+    Against the diagonal Gaussian posterior the KL keeps its closed form and factorizes over the
+    latent dimensions (free bits work). `transfer` maps a z between two classes' Gaussians (style
+    transfer). Not in `PRIORS`: an unconditional `VAE` refuses it.
+
+    Args:
+        num_classes: int >= 2. C.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Raises:
+        ValueError: num_classes < 2.
+    """
+
+    uses_labels = True
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"Expected num_classes to be an integer >= 2. Received: num_classes={num_classes!r}"
+            )
+        self.num_classes = num_classes
+
+    def build(self, input_shape):
+        latent_dim = int(input_shape[-1])
+        self.locs = self.add_weight(
+            name="locs", shape=(self.num_classes, latent_dim), initializer="zeros",
+            dtype=DISTRIBUTION_DTYPE,
+        )
+        # softplus(log(e - 1)) = 1: unit scales at the start.
+        self.raw_scales = self.add_weight(
+            name="raw_scales",
+            shape=(self.num_classes, latent_dim),
+            initializer=keras.initializers.Constant(math.log(math.e - 1.0)),
+            dtype=DISTRIBUTION_DTYPE,
+        )
+
+    def _parameters(self, labels):
+        """`(loc, scale)`: `[B, D]` for one-hot `labels` `[B, C]`; `[C, D]` (every class) for None."""
+        locs = tf.convert_to_tensor(self.locs)
+        scales = tf.nn.softplus(tf.convert_to_tensor(self.raw_scales)) + _MIN_SCALE
+        if labels is None:
+            return locs, scales
+        # One-hot rows times the tables pick each example's row (a differentiable gather).
+        labels = tf.cast(labels, DISTRIBUTION_DTYPE)
+        return tf.matmul(labels, locs), tf.matmul(labels, scales)
+
+    def distribution(self, latent_dim, encode=None, labels=None):
+        """Returns p(z|y): batch shape `[B]` for one-hot `labels` `[B, C]`; `[C]` (one Gaussian
+        per class) when labels is None. Event shape `[latent_dim]`."""
+        del encode
+        if int(self.locs.shape[-1]) != latent_dim:
+            raise ValueError(
+                f"Expected latent_dim {int(self.locs.shape[-1])}, the size this prior was built "
+                f"for. Received: latent_dim={latent_dim}"
+            )
+        loc, scale = self._parameters(labels)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+
+    def transfer(self, z, labels, target_labels):
+        """Maps z `[B, D]` from p(z|y) to p(z|y'): mu_y' + sigma_y' * (z - mu_y) / sigma_y.
+
+        Args:
+            z: float `[B, D]`.
+            labels, target_labels: one-hot `[B, C]`, the classes y and y'.
+
+        Returns:
+            float32 `[B, D]`: the same standardized position under the target class's Gaussian.
+        """
+        loc, scale = self._parameters(labels)
+        target_loc, target_scale = self._parameters(target_labels)
+        return target_loc + target_scale * (tf.cast(z, DISTRIBUTION_DTYPE) - loc) / scale
+
+    def settings(self):
+        return {"num_classes": self.num_classes}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes)
         return config
 
 

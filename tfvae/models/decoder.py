@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 import keras
 
-from tfvae.models.validation import check_filters, check_image_shape, check_latent_dim
+from tfvae.models.validation import (
+    check_filters,
+    check_image_shape,
+    check_latent_dim,
+    check_num_classes,
+)
 
 
 def build_conv_decoder(
@@ -18,6 +23,7 @@ def build_conv_decoder(
     activation: str = "relu",
     parameters_per_subpixel: int = 1,
     name: str = "decoder",
+    num_classes: int | None = None,
 ) -> keras.Model:
     """Builds a functional decoder: Dense -> Reshape -> Conv2DTranspose stack -> parameters.
 
@@ -36,9 +42,12 @@ def build_conv_decoder(
         activation: str. Activation of the hidden layers.
         parameters_per_subpixel: int >= 1. P, the likelihood parameters of each sub-pixel.
         name: str. The model's name.
+        num_classes: None or int >= 2. For p(x|z, y) of a `tfvae.ConditionalVAE`: the decoder
+            then takes `[z, labels]`, the labels one-hot `[B, num_classes]`, concatenated to z.
 
     Returns:
-        A `keras.Model` mapping z `[B, D]` to likelihood parameters `[B, H, W, C * P]`.
+        A `keras.Model` mapping z `[B, D]` (with `num_classes`, `[z, labels]`) to likelihood
+        parameters `[B, H, W, C * P]`.
 
     Raises:
         ValueError: a shape or size that the stack cannot produce.
@@ -66,8 +75,15 @@ def build_conv_decoder(
     base_height = height // 2 ** len(filters)
     base_width = width // 2 ** len(filters)
 
+    num_classes = check_num_classes(num_classes, allow_none=True)
+
     z = keras.Input(shape=(latent_dim,), name="z")
     features = z
+    inputs = z
+    if num_classes is not None:
+        labels = keras.Input(shape=(num_classes,), name="labels")
+        inputs = [z, labels]
+        features = keras.layers.Concatenate(name="with_labels")([z, labels])
     if hidden_units:
         features = keras.layers.Dense(hidden_units, activation=activation, name="hidden")(features)
     features = keras.layers.Dense(
@@ -86,4 +102,4 @@ def build_conv_decoder(
     parameters = keras.layers.Conv2DTranspose(
         channels * parameters_per_subpixel, kernel_size, strides=1, padding="same", name="parameters"
     )(features)
-    return keras.Model(z, parameters, name=name)
+    return keras.Model(inputs, parameters, name=name)

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 import keras
 
-from tfvae.models.validation import check_filters, check_image_shape, check_latent_dim
+from tfvae.models.validation import (
+    check_filters,
+    check_image_shape,
+    check_latent_dim,
+    check_num_classes,
+)
 
 
 def build_conv_encoder(
@@ -18,6 +23,7 @@ def build_conv_encoder(
     activation: str = "relu",
     name: str = "encoder",
     context_units: int = 0,
+    num_classes: int | None = None,
 ) -> keras.Model:
     """Builds a functional encoder: strided Conv2D stack -> Dense -> posterior parameters.
 
@@ -34,11 +40,15 @@ def build_conv_encoder(
         name: str. The model's name.
         context_units: int >= 0. H, the width of a context output for a posterior that takes
             one (`tfvae.distributions.IAFPosterior.context_units`); 0 for none.
+        num_classes: None or int >= 2. C, for q(z|x, y) of a `tfvae.ConditionalVAE`: the
+            encoder then takes `[images, labels]`, the labels one-hot `[B, C]`, and sees them as
+            C constant extra channels of the image.
 
     Returns:
         A `keras.Model` mapping images `[B, H, W, C]` to `[loc, raw_scale]`, two tensors of shape
         `[B, D]`: the posterior mean and its unconstrained scale (the VAE applies softplus);
-        with `context_units` > 0, to `[loc, raw_scale, context]`, the context `[B, H]`.
+        with `context_units` > 0, to `[loc, raw_scale, context]`, the context `[B, H]`. With
+        `num_classes`, its inputs are `[images, labels]`.
 
     Raises:
         ValueError: a shape or size that the stack cannot handle.
@@ -54,9 +64,18 @@ def build_conv_encoder(
     filters = check_filters(filters)
     latent_dim = check_latent_dim(latent_dim)
     input_shape = check_image_shape(input_shape, len(filters), "input_shape")
+    num_classes = check_num_classes(num_classes, allow_none=True)
 
     images = keras.Input(shape=input_shape, name="images")
     features = images
+    inputs = images
+    if num_classes is not None:
+        labels = keras.Input(shape=(num_classes,), name="labels")
+        inputs = [images, labels]
+        # The one-hot row repeated at every pixel: C constant channels beside the image's.
+        label_planes = keras.layers.Reshape((1, 1, num_classes), name="label_pixel")(labels)
+        label_planes = keras.layers.UpSampling2D(input_shape[:2], name="label_planes")(label_planes)
+        features = keras.layers.Concatenate(name="with_labels")([images, label_planes])
     for index, channels in enumerate(filters):
         features = keras.layers.Conv2D(
             channels,
@@ -74,4 +93,4 @@ def build_conv_encoder(
     outputs = [loc, raw_scale]
     if context_units:
         outputs.append(keras.layers.Dense(context_units, name="context")(features))
-    return keras.Model(images, outputs, name=name)
+    return keras.Model(inputs, outputs, name=name)

@@ -14,7 +14,7 @@ from tfvae.data.errors import translate_pipeline_errors
 from tfvae.distributions import PosteriorParameters, get_likelihood, get_posterior, get_prior
 from tfvae.models.decoder import build_conv_decoder
 from tfvae.models.encoder import build_conv_encoder
-from tfvae.models.validation import check_latent_dim
+from tfvae.models.validation import check_latent_dim, check_num_classes
 from tfvae.objectives import ELBO, elbo_terms, get_objective, log_importance_weights
 
 METRIC_NAMES = ("loss", "elbo", "reconstruction", "kl")
@@ -24,6 +24,22 @@ def _check_beta(beta) -> float:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
         raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={beta!r}")
     return float(beta)
+
+
+def _check_num_samples(num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"Expected num_samples to be an integer >= 1. Received: {num_samples!r}")
+    return int(num_samples)
+
+
+def _known_input_shape(encoder):
+    try:
+        return encoder.input_shape
+    except (AttributeError, ValueError):
+        raise ValueError(
+            "Expected an encoder with a known input shape (a functional model, or a model "
+            "built on (None, H, W, C)). Received an encoder without one."
+        ) from None
 
 
 def _shape_tuple(shape) -> tuple:
@@ -121,6 +137,7 @@ class VAE(keras.Model):
         self.likelihood = get_likelihood(likelihood)
         self.prior = get_prior(prior)
         self.posterior = get_posterior(posterior)
+        self._check_prior()
         self.image_shape, self.latent_dim = self._check_parts(encoder, decoder)
         if beta is not None and objective is not None:
             raise ValueError(
@@ -151,10 +168,10 @@ class VAE(keras.Model):
         self._use_evaluation_prior = False
         self.prior.configure(self.image_shape)
         if not self.prior.built:
-            self.prior.build((self.latent_dim,))
+            self.prior.build((self.prior_latent_dim,))
         if not self.posterior.built:
-            self.posterior.build((self.latent_dim,))
-        self.build((None, *self.image_shape))
+            self.posterior.build((self.prior_latent_dim,))
+        self.build(self._call_input_shape())
         self.objective.check_model(self)
 
     def build(self, input_shape):
@@ -170,20 +187,8 @@ class VAE(keras.Model):
                     f"Expected the {name} to be a keras.Model or keras.layers.Layer. "
                     f"Received: {name}={part!r}"
                 )
-        try:
-            encoder_input = _shape_tuple(encoder.input_shape)
-        except (AttributeError, ValueError):
-            raise ValueError(
-                "Expected an encoder with a known input shape (a functional model, or a model "
-                "built on (None, H, W, C)). Received an encoder without one."
-            ) from None
-        if len(encoder_input) < 2 or any(d is None for d in encoder_input[1:]):
-            raise ValueError(
-                "Expected the encoder's input shape to be (None, H, W, C) with known H, W, C. "
-                f"Received: {encoder_input}"
-            )
-        image_shape = encoder_input[1:]
-        encoder_spec = encoder.compute_output_spec(keras.KerasTensor((None, *image_shape)))
+        image_shape = self._encoder_image_shape(encoder)
+        encoder_spec = encoder.compute_output_spec(self._encoder_input_spec(image_shape))
         context_units = self.posterior.context_units
         expected_outputs = "[loc, raw_scale]" if not context_units else "[loc, raw_scale, context]"
         layout = (
@@ -211,7 +216,7 @@ class VAE(keras.Model):
         else:
             raise ValueError(f"Expected the encoder to output {layout}. Received: {encoder_spec}")
         check_latent_dim(latent_dim)
-        decoder_spec = decoder.compute_output_spec(keras.KerasTensor((None, latent_dim)))
+        decoder_spec = decoder.compute_output_spec(self._decoder_input_spec(latent_dim))
         if not isinstance(decoder_spec, keras.KerasTensor):
             raise ValueError(
                 "Expected the decoder to output one tensor of likelihood parameters. "
@@ -228,6 +233,48 @@ class VAE(keras.Model):
                 f"{type(self.likelihood).__name__}. Received: decoder output shape {decoder_output}"
             )
         return image_shape, latent_dim
+
+    def _encoder_image_shape(self, encoder) -> tuple[int, ...]:
+        """`(H, W, C)` from the encoder's input shape `(None, H, W, C)`."""
+        return self._image_shape_from(_shape_tuple(_known_input_shape(encoder)))
+
+    @staticmethod
+    def _image_shape_from(encoder_input: tuple) -> tuple[int, ...]:
+        """`(H, W, C)` from the encoder's image input shape `(None, H, W, C)`."""
+        if len(encoder_input) < 2 or any(d is None for d in encoder_input[1:]):
+            raise ValueError(
+                "Expected the encoder's input shape to be (None, H, W, C) with known H, W, C. "
+                f"Received: {encoder_input}"
+            )
+        return encoder_input[1:]
+
+    def _encoder_input_spec(self, image_shape):
+        """What the encoder is called on, as KerasTensors: the images `(None, H, W, C)`."""
+        return keras.KerasTensor((None, *image_shape))
+
+    def _decoder_input_spec(self, latent_dim):
+        """What the decoder is called on, as KerasTensors: z `(None, latent_dim)`."""
+        return keras.KerasTensor((None, latent_dim))
+
+    def _call_input_shape(self):
+        """The shape(s) the model is called on (`vae(images)`): `(None, H, W, C)`."""
+        return (None, *self.image_shape)
+
+    def _encoder_inputs(self, images):
+        """What the encoder is called on for `images`: the images themselves."""
+        return images
+
+    def _decoder_inputs(self, z):
+        """What the decoder is called on for `z`: z itself."""
+        return z
+
+    def _check_prior(self) -> None:
+        if self.prior.uses_labels:
+            raise ValueError(
+                f"Expected a prior p(z) that does not depend on class labels for a "
+                f"{type(self).__name__}; a class-conditional prior needs a tfvae.ConditionalVAE. "
+                f"Received: prior={type(self.prior).__name__}"
+            )
 
     def check_data(self, data, argument: str = "x", check_range: bool = True) -> None:
         """Raises ValueError unless `data` holds image batches this model can score.
@@ -321,6 +368,27 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------ the probabilistic model
     @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """The sizes of the stochastic layers, `(latent_dim,)` here; z concatenates them."""
+        return (self.latent_dim,)
+
+    @property
+    def prior_latent_dim(self) -> int:
+        """The size of the latent the `prior` and `posterior` seams act on: `latent_dim` here,
+        the top layer's in a hierarchical model."""
+        return self.latent_dim
+
+    @property
+    def posterior_factorized(self) -> bool:
+        """Whether q(z|x) is the diagonal Gaussian of `encode` (free bits and DReG need it)."""
+        return self.posterior.factorized
+
+    @property
+    def posterior_description(self) -> str:
+        """q(z|x) as error messages name it."""
+        return type(self.posterior).__name__
+
+    @property
     def beta(self) -> keras.Variable:
         """The KL weight: a non-trainable scalar float32 `keras.Variable` read by every step.
 
@@ -337,7 +405,7 @@ class VAE(keras.Model):
     def posterior_parameters(self, images, training: bool = False) -> PosteriorParameters:
         """The encoder's outputs for `images`: `loc`, `raw_scale` `[B, D]` and `context` `[B, H]`
         (None without one), what `posterior.sample` takes."""
-        outputs = self.encoder(images, training=training)
+        outputs = self.encoder(self._encoder_inputs(images), training=training)
         if isinstance(outputs, (list, tuple)):
             return PosteriorParameters(*outputs)
         context_units = self.posterior.context_units
@@ -348,13 +416,26 @@ class VAE(keras.Model):
         )
         return PosteriorParameters(loc, raw_scale, context)
 
-    def encode(self, images, training: bool = False):
+    def _refuse_labels(self, labels, method: str) -> None:
+        """Raises ValueError for labels given to a model that does not condition on them."""
+        if labels is not None:
+            raise ValueError(
+                f"Expected no labels in {method}() of an unconditional {type(self).__name__}; "
+                "build a tfvae.ConditionalVAE (e.g. tfvae.build_conv_vae(..., num_classes=10)) "
+                f"to condition on classes. Received: labels of type {type(labels).__name__}"
+            )
+
+    def encode(self, images, labels=None, training: bool = False):
         """Returns the posterior's base Gaussian N(loc, scale), batch `[B]`, event `[latent_dim]`.
 
         For the diagonal Gaussian posterior (the default) this is q(z|x) itself. For a flow
         (`iaf`) it is the distribution z_0 is drawn from before the flow steps, not q(z|x): use
         `posterior_sample` for samples of q(z|x) with their log-densities.
+
+        Raises:
+            ValueError: labels given (this model is not conditional; see `ConditionalVAE`).
         """
+        self._refuse_labels(labels, "encode")
         return self.posterior.base_distribution(self.posterior_parameters(images, training))
 
     def posterior_sample(self, images, num_samples: int = 1, seed=None, training: bool = False):
@@ -370,13 +451,32 @@ class VAE(keras.Model):
         Returns:
             `(z, log_q)`: float32 `[K, B, D]` and `[K, B]`.
         """
-        parameters = self.posterior_parameters(images, training)
-        shape = tf.concat([[num_samples], tf.shape(parameters.loc)], 0)
+        shape = tf.stack([num_samples, tf.shape(images)[0], self.latent_dim])
         if seed is None:
             noise = self.draw_noise(shape)
         else:
             noise = tf.random.stateless_normal(shape, seed=seed)
-        return self.posterior.sample(parameters, noise)
+        z, log_q, _ = self.sample_latents(images, noise, training)
+        return z, log_q
+
+    def sample_latents(self, images, noise, training: bool = False):
+        """Reparameterized z ~ q(z|x) from given standard normal noise, with log q(z|x).
+
+        The one place where the objectives, `posterior_sample` and the export draw z.
+
+        Args:
+            images: `[B, H, W, C]` float images.
+            noise: standard normal `[..., B, latent_dim]` (leading axes draw several z per image).
+            training: bool. Passed to the encoder.
+
+        Returns:
+            `(z, log_q, posterior)`: float32 `[..., B, D]` and `[..., B]`, and q(z|x) as a TFP
+            distribution (batch `[B]`, event `[D]`) when it is one (the diagonal Gaussian: the
+            KL is analytic), else None (the KL is the Monte-Carlo estimate at z).
+        """
+        parameters = self.posterior_parameters(images, training)
+        z, log_q = self.posterior.sample(parameters, noise)
+        return z, log_q, self.posterior.distribution(parameters)
 
     def encode_base(self, images, training: bool = False):
         """Returns the encoder's diagonal Gaussian for `images`, batch `[B]`, event `[latent_dim]`.
@@ -387,9 +487,18 @@ class VAE(keras.Model):
         """
         return self.encode(images, training=training)
 
-    def decode(self, z, training: bool = False):
-        """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`."""
-        return self.likelihood.distribution(self.decoder(z, training=training))
+    def decode(self, z, labels=None, training: bool = False):
+        """Returns p(x|z): a TFP distribution with batch shape `[B]`, event shape `image_shape`.
+
+        Raises:
+            ValueError: labels given (this model is not conditional; see `ConditionalVAE`).
+        """
+        self._refuse_labels(labels, "decode")
+        return self.likelihood.distribution(self.decoder_parameters(z, training=training))
+
+    def decoder_parameters(self, z, training: bool = False):
+        """The likelihood's parameters `[B, H, W, C * P]` for z `[B, latent_dim]`."""
+        return self.decoder(self._decoder_inputs(z), training=training)
 
     def prior_distribution(self):
         """Returns p(z), event shape `[latent_dim]`.
@@ -399,15 +508,15 @@ class VAE(keras.Model):
         components computed once at the start of the call (`_evaluation_prior`).
         """
         if self._use_evaluation_prior:
-            return self.prior.evaluation_distribution(self.latent_dim)
+            return self.prior.evaluation_distribution(self.prior_latent_dim)
         if self.prior.uses_encoder:
-            return self.prior.distribution(self.latent_dim, encode=self.encode_base)
-        return self.prior.distribution(self.latent_dim)
+            return self.prior.distribution(self.prior_latent_dim, encode=self.encode_base)
+        return self.prior.distribution(self.prior_latent_dim)
 
     def _prepare_evaluation_prior(self):
         """Computes the prior's encoder-dependent parts once, for one evaluation call."""
         if self.prior.uses_encoder:
-            self.prior.prepare_evaluation(self.latent_dim, encode=self.encode_base)
+            self.prior.prepare_evaluation(self.prior_latent_dim, encode=self.encode_base)
 
     @contextlib.contextmanager
     def _evaluation_prior(self):
@@ -445,19 +554,23 @@ class VAE(keras.Model):
             The dict of `tfvae.objectives.elbo_terms`: `reconstruction`, `kl`, `elbo`,
             `objective`, each `[B]` float32.
         """
-        parameters = self.posterior_parameters(images, training)
-        z, log_q = self.posterior.sample(parameters, self.draw_noise(tf.shape(parameters.loc)))
+        noise = self.draw_noise(tf.stack([tf.shape(images)[0], self.latent_dim]))
+        z, log_q, posterior = self.sample_latents(images, noise, training)
         likelihood = self.decode(z, training=training)
         return elbo_terms(
-            images, likelihood, self.posterior.distribution(parameters), self.prior_distribution(),
-            z, self.beta_variable, log_q,
+            images, likelihood, posterior, self.prior_distribution(), z, self.beta_variable, log_q
         )
 
-    def call(self, inputs, training=False):
-        z = self.posterior.point(self.posterior_parameters(inputs, training))
-        return self.likelihood.mean(self.decoder(z, training=training))
+    def posterior_point(self, images, training: bool = False):
+        """A deterministic z per image, `[B, latent_dim]`: the posterior's sample at zero noise
+        (its mean for the diagonal Gaussian, the flow applied to the base mean for `iaf`)."""
+        return self.posterior.point(self.posterior_parameters(images, training))
 
-    def reconstruct(self, images, sample_latent: bool = False):
+    def call(self, inputs, training=False):
+        z = self.posterior_point(inputs, training)
+        return self.likelihood.mean(self.decoder_parameters(z, training=training))
+
+    def reconstruct(self, images, labels=None, sample_latent: bool = False):
         """Returns the mean of p(x|z) for z the posterior's point (or a posterior sample).
 
         The point is the sample at zero noise: the posterior mean for the diagonal Gaussian, the
@@ -465,44 +578,68 @@ class VAE(keras.Model):
 
         Args:
             images: `[B, H, W, C]` float images.
+            labels: None. Only a `ConditionalVAE` takes labels.
             sample_latent: bool. Decode a sample of q(z|x) instead of its mean.
 
         Returns:
             Reconstructed images `[B, H, W, C]`.
+
+        Raises:
+            ValueError: labels given.
         """
+        self._refuse_labels(labels, "reconstruct")
         if not sample_latent:
             return self(images, training=False)
         z, _ = self.posterior_sample(images)
-        return self.likelihood.mean(self.decoder(z[0], training=False))
+        return self.likelihood.mean(self.decoder_parameters(z[0], training=False))
 
-    def sample(self, num_samples: int, seed: int | None = None):
+    def sample(self, num_samples: int, seed: int | None = None, labels=None):
         """Draws z from the prior and returns the mean images of p(x|z), `[n, H, W, C]`.
 
         Args:
             num_samples: int >= 1.
             seed: int or None. With an int, the same seed gives the same images; with None the
                 model's SeedGenerator advances.
+            labels: None. Only a `ConditionalVAE` takes labels.
 
         Raises:
-            ValueError: num_samples < 1.
+            ValueError: num_samples < 1, or labels given.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"Expected num_samples to be an integer >= 1. Received: {num_samples!r}")
+        self._refuse_labels(labels, "sample")
+        num_samples = _check_num_samples(num_samples)
+        z = self._draw_prior(num_samples, self._sampling_seed(seed))
+        return self.likelihood.mean(self.decoder_parameters(z, training=False))
+
+    def _draw_prior(self, num_samples: int, seed):
+        """`num_samples` draws of z ~ p(z), `[n, D]`, from the stateless `seed`."""
+        return self.prior_distribution().sample(num_samples, seed=seed)
+
+    def _sampling_seed(self, seed: int | None):
+        """A stateless seed (int32 `[2]`, as TFP takes it) from `seed`, or from the model's
+        SeedGenerator (which advances) when `seed` is None."""
         generator = self.seed_generator if seed is None else keras.random.SeedGenerator(seed)
-        # TFP takes a shape-[2] integer tensor as a stateless seed.
-        stateless_seed = keras.random.randint((2,), 0, 2**31 - 1, dtype="int32", seed=generator)
-        z = self.prior_distribution().sample(int(num_samples), seed=stateless_seed)
-        return self.likelihood.mean(self.decoder(z, training=False))
+        return keras.random.randint((2,), 0, 2**31 - 1, dtype="int32", seed=generator)
 
     # ------------------------------------------------------------------ evaluation
     @tf.function(reduce_retracing=True)
-    def _chunk_log_weights(self, images, seed, num_samples):
+    def _chunk_log_weights(self, images, seed, num_samples, labels=None):
+        return self._log_importance_weights(images, seed, num_samples, labels)
+
+    def _log_importance_weights(self, images, seed, num_samples, labels=None):
+        """log w `[K, B]` of K importance samples per image (`labels`: None, or a
+        `ConditionalVAE`'s one-hot labels `[B, C]`)."""
+        del labels
         z, log_q = self.posterior_sample(images, num_samples, seed)
         with self._evaluation_prior():
             prior = self.prior_distribution()
         return log_importance_weights(
             images, None, prior, lambda flat_z: self.decode(flat_z), z, log_q
         )
+
+    def _batch_labels(self, batch):
+        """The labels a batch of `importance_weighted_nll` is scored under: None (unconditional)."""
+        del batch
+        return None
 
     def importance_weighted_nll(
         self,
@@ -549,7 +686,7 @@ class VAE(keras.Model):
         # single Gaussian's log p(z) is negligible beside a decode).
         components = self.prior.components
         prior_width = (
-            -(-components * self.latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
+            -(-components * self.prior_latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
         )
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
@@ -557,6 +694,7 @@ class VAE(keras.Model):
         for step, batch in enumerate(data):
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             images = tf.cast(images, tf.float32)
+            labels = self._batch_labels(batch)
             per_image = max(1, int(images.shape[0])) * (
                 self.likelihood.parameters_per_subpixel + prior_width
             )
@@ -566,7 +704,7 @@ class VAE(keras.Model):
             for start in range(0, num_samples, chunk):
                 count = min(chunk, num_samples - start)
                 chunk_seed = tf.constant([seed, step * 1_000_003 + start], tf.int64)
-                log_weights = self._chunk_log_weights(images, chunk_seed, tf.constant(count))
+                log_weights = self._chunk_log_weights(images, chunk_seed, tf.constant(count), labels)
                 chunk_sums.append(tf.reduce_logsumexp(log_weights, axis=0))
             log_likelihood = tf.reduce_logsumexp(tf.stack(chunk_sums), axis=0) - np.log(num_samples)
             results.append(-log_likelihood.numpy().astype(np.float64))
@@ -727,11 +865,14 @@ class VAE(keras.Model):
         )
         return config
 
+    #: The constructor arguments serialized as nested Keras objects (a subclass adds its own).
+    _SERIALIZED_PARTS = ("encoder", "decoder", "likelihood", "prior", "posterior", "objective")
+
     @classmethod
     def from_config(cls, config):
         # Keras's deserialization consumes nested dicts; keep the caller's config intact.
         config = copy.deepcopy(config)
-        for key in ("encoder", "decoder", "likelihood", "prior", "posterior", "objective"):
+        for key in cls._SERIALIZED_PARTS:
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
@@ -750,8 +891,13 @@ def build_conv_vae(
     name: str = "vae",
     objective=None,
     posterior="diagonal_gaussian",
+    num_classes: int | None = None,
+    class_prior="standard_normal",
 ) -> VAE:
     """Builds a `VAE` from `build_conv_encoder` and its mirror image `build_conv_decoder`.
+
+    With `num_classes`, a `tfvae.ConditionalVAE`: the encoder sees the one-hot label as constant
+    extra channels of the image, the decoder gets it concatenated to z.
 
     Args:
         image_shape: `(H, W, C)`; H and W divisible by `2**len(filters)`.
@@ -762,24 +908,42 @@ def build_conv_vae(
             layer gets the likelihood's `parameters_per_subpixel` outputs per channel; the
             encoder a context output when the posterior takes one (`context_units`).
         name: the model's name.
+        num_classes: None, or int >= 2 for a `tfvae.ConditionalVAE` over that many classes.
+        class_prior: "standard_normal" (p(z|y) = N(0, I)) or "learned" (a learned Gaussian per
+            class); see `ConditionalVAE`. Only with `num_classes`.
 
     Returns:
-        A built, uncompiled `tfvae.VAE`.
+        A built, uncompiled `tfvae.VAE` (a `tfvae.ConditionalVAE` with `num_classes`).
 
     Raises:
-        ValueError: see `build_conv_encoder`, `build_conv_decoder` and `VAE`.
+        ValueError: see `build_conv_encoder`, `build_conv_decoder`, `VAE` and `ConditionalVAE`;
+            a class_prior other than "standard_normal" without num_classes.
     """
+    num_classes = check_num_classes(num_classes, allow_none=True)
+    if num_classes is None and class_prior != "standard_normal":
+        raise ValueError(
+            "Expected class_prior only with num_classes (a conditional model). "
+            f"Received: class_prior={class_prior!r} and num_classes=None"
+        )
     filters = tuple(filters)
     likelihood = get_likelihood(likelihood)
     posterior = get_posterior(posterior)
     encoder = build_conv_encoder(
         image_shape, latent_dim, filters, kernel_size, hidden_units,
-        context_units=posterior.context_units,
+        context_units=posterior.context_units, num_classes=num_classes,
     )
     decoder = build_conv_decoder(
         latent_dim, image_shape, filters[::-1], kernel_size, hidden_units,
-        parameters_per_subpixel=likelihood.parameters_per_subpixel,
+        parameters_per_subpixel=likelihood.parameters_per_subpixel, num_classes=num_classes,
     )
+    if num_classes is not None:
+        from tfvae.models.conditional import ConditionalVAE  # noqa: PLC0415 (it imports this module)
+
+        return ConditionalVAE(
+            encoder, decoder, num_classes, likelihood=likelihood, prior=prior,
+            class_prior=class_prior, beta=beta, seed=seed, name=name, objective=objective,
+            posterior=posterior,
+        )
     return VAE(
         encoder, decoder, likelihood=likelihood, prior=prior, beta=beta, seed=seed, name=name,
         objective=objective, posterior=posterior,

@@ -64,3 +64,19 @@ def check_image_shape(image_shape, num_halvings: int, argument_name: str) -> tup
             "Resize or pad the images, or use fewer filters."
         )
     return shape
+
+
+def check_num_classes(num_classes, allow_none: bool = False) -> int | None:
+    """Returns `num_classes` as an int (or None, when allowed).
+
+    Raises:
+        ValueError: it is not an integer >= 2 (a conditional model needs two classes at least).
+    """
+    if num_classes is None and allow_none:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Expected num_classes to be an integer >= 2{' or None' if allow_none else ''}. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    return num_classes

@@ -118,10 +118,10 @@ class ELBO(Objective):
 
     def check_model(self, vae):
         if self.free_bits > 0:
-            if not vae.posterior.factorized:
+            if not vae.posterior_factorized:
                 raise ValueError(
                     "Free bits need a per-dimension KL: expected a posterior that factorizes "
-                    f"(diagonal_gaussian). Received: {type(vae.posterior).__name__}"
+                    f"(diagonal_gaussian). Received: {vae.posterior_description}"
                 )
             latent_zeros = tf.zeros([1, vae.latent_dim])
             placeholder = vae.posterior.base_distribution(PosteriorParameters(latent_zeros, latent_zeros))
@@ -131,9 +131,8 @@ class ELBO(Objective):
                 raise ValueError(f"Free bits need a per-dimension KL. {error}") from None
 
     def __call__(self, vae, images, beta, training):
-        parameters = vae.posterior_parameters(images, training=training)
-        z, log_q = vae.posterior.sample(parameters, vae.draw_noise(tf.shape(parameters.loc)))
-        posterior = vae.posterior.distribution(parameters)
+        noise = vae.draw_noise(tf.stack([tf.shape(images)[0], vae.latent_dim]))
+        z, log_q, posterior = vae.sample_latents(images, noise, training=training)
         prior = vae.prior_distribution()
         terms = elbo_terms(images, vae.decode(z, training=training), posterior, prior, z, beta, log_q)
         if self.free_bits == 0:
@@ -183,18 +182,16 @@ class IWAE(Objective):
         self.gradient_estimator = gradient_estimator
 
     def check_model(self, vae):
-        if self.gradient_estimator == "dreg" and not vae.posterior.factorized:
+        if self.gradient_estimator == "dreg" and not vae.posterior_factorized:
             raise ValueError(
                 "DReG re-evaluates log q(z|x) at a given z: expected the diagonal_gaussian "
-                f"posterior. Received: {type(vae.posterior).__name__}"
+                f"posterior. Received: {vae.posterior_description}"
             )
 
     def __call__(self, vae, images, beta, training):
         del beta
-        parameters = vae.posterior_parameters(images, training=training)
-        noise = vae.draw_noise(tf.concat([[self.num_samples], tf.shape(parameters.loc)], 0))
-        z, log_q = vae.posterior.sample(parameters, noise)
-        posterior = vae.posterior.distribution(parameters)
+        noise = vae.draw_noise(tf.stack([self.num_samples, tf.shape(images)[0], vae.latent_dim]))
+        z, log_q, posterior = vae.sample_latents(images, noise, training=training)
         prior = vae.prior_distribution()
         bound, log_likelihoods = importance_weighted_bound(
             images, posterior, prior, lambda flat_z: vae.decode(flat_z, training=training), noise,
