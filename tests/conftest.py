@@ -86,7 +86,7 @@ def parse_result(stdout: str) -> dict:
 
 #: tests/mirrored_checks.py's checks on two replicas, by name: all run in one fresh process
 #: (`two_replica_results`), since a process of their own would each import TensorFlow and tfvae
-#: again (seconds each). Used by test_distribute.py and test_priors.py.
+#: again (seconds each). Used by test_distribute.py, test_priors.py and test_conditional.py.
 TWO_REPLICA_CHECKS = {
     "gaussian": ["one-step", "--batch-size", "8", "--likelihood", "gaussian"],
     "discretized_logistic": ["one-step", "--batch-size", "6", "--likelihood", "discretized_logistic"],
@@ -95,6 +95,7 @@ TWO_REPLICA_CHECKS = {
     "iaf+standard_normal": ["one-step", "--batch-size", "7", "--posterior", "iaf", "--prior", "standard_normal"],
     "iaf+vamp": ["one-step", "--batch-size", "7", "--posterior", "iaf", "--prior", "vamp"],
     "vamp": ["one-step", "--batch-size", "7", "--prior", "vamp"],
+    "conditional": ["one-step", "--batch-size", "7", "--num-classes", "3"],
     "curves": ["curves", "--epochs", "3"],
     "xla": ["xla"],
 }
