@@ -116,8 +116,8 @@ class Settings:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-TINY = {"epochs": 1, "train_subset": 512, "test_subset": 32, "samples": 4, "latent_dim": 4,
-        "filters": (8,), "batch_size": 64, "components": 2, "prior_samples": 4, "mixture_components": 2,
+TINY = {"epochs": 1, "train_subset": 128, "test_subset": 16, "samples": 4, "latent_dim": 4,
+        "filters": (4,), "batch_size": 64, "components": 2, "prior_samples": 4, "mixture_components": 2,
         "vamp_components": 4, "iaf_steps": 1}
 
 

@@ -1,4 +1,4 @@
-"""Runs one tf.distribute check on logical CPU devices and prints its findings as JSON.
+"""Runs tf.distribute checks on logical CPU devices and prints their findings as JSON.
 
 Used by tests/test_distribute.py in a fresh process: logical devices must be configured before
 TensorFlow initializes, which pytest's process has long done.
@@ -10,27 +10,56 @@ TensorFlow initializes, which pytest's process has long done.
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --posterior iaf
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --prior vamp
     python tests/mirrored_checks.py one-step --replicas 2 --batch-size 7 --num-classes 3
+
+Several checks on the same number of replicas in one process (TensorFlow and tfvae are imported
+once, which takes seconds), by name; a check that raises gives `{"error": traceback}`:
+
+    python tests/mirrored_checks.py many --replicas 2 \
+        '{"iwae": ["one-step", "--batch-size", "7", "--objective", "iwae"], "xla": ["xla"]}'
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from keras.src.backend.tensorflow import trainer  # noqa: E402 (private: what tfvae's fix replaces)
+
+#: Keras's own trainer functions, taken before `tfvae.distribute` may replace them with its fix.
+KERAS_TRAINER_FUNCTIONS = (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica)
+
+
+@contextlib.contextmanager
+def keras_without_fix():
+    """Keras's own `fit` inside the block, even after `distribute.get_strategy` installed its fix
+    (it stays installed for the rest of the process: several checks may run in one process)."""
+    fixed = (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica)
+    trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica = KERAS_TRAINER_FUNCTIONS
+    try:
+        yield
+    finally:
+        trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica = fixed
 
 
 def split_cpu(replicas: int) -> list[str]:
+    """Splits the CPU into `replicas` logical devices (once per process); returns their names."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
-    )
-    return [device.name for device in tf.config.list_logical_devices("CPU")]
+    if tf.config.get_logical_device_configuration(cpu) is None:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+        )
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    if len(devices) != replicas:
+        raise ValueError(f"Expected {replicas} logical CPU devices in this process. Received: {devices}")
+    return devices
 
 
 def fixed_noise_vae_class(conditional: bool = False):
@@ -135,7 +164,8 @@ def one_step(args) -> dict:
     result = {}
     # Keras alone (no tfvae fix) cannot start fit when the replicas' batches differ in size.
     try:
-        one_fit_step(tf.distribute.MirroredStrategy(devices))
+        with keras_without_fix():
+            one_fit_step(tf.distribute.MirroredStrategy(devices))
         result["error_without_fix"] = None
     except Exception as error:  # noqa: BLE001 (the test reads which error it was)
         result["error_without_fix"] = f"{type(error).__name__}: {error}"[:300]
@@ -233,9 +263,12 @@ def xla(args) -> dict:
     return result
 
 
-def main(argv=None) -> int:
+CHECKS = {"one-step": one_step, "curves": curves, "xla": xla}
+
+
+def check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("check", choices=["one-step", "curves", "xla"])
+    parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
@@ -245,9 +278,43 @@ def main(argv=None) -> int:
     parser.add_argument("--prior", default="standard_normal", help="one-step: a tfvae prior name")
     parser.add_argument("--num-classes", type=int, default=0,
                         help="one-step: a ConditionalVAE over this many classes (0: unconditional)")
-    args = parser.parse_args(argv)
-    checks = {"one-step": one_step, "curves": curves, "xla": xla}
-    print("RESULT " + json.dumps(checks[args.check](args)))
+    return parser
+
+
+def run_many(replicas: int, checks: dict) -> dict:
+    """Runs the checks `{name: [check, arguments...]}` in this process on `replicas` replicas.
+
+    Each check starts as in a process of its own, but its strategies' collective keys start past
+    those of the checks before it (as TensorFlow's own tests do), and Keras's trainer may hold
+    tfvae's fix already (`one-step` takes it out for its run without the fix).
+    """
+    import keras  # noqa: PLC0415
+
+    results = {}
+    for name, argv in checks.items():
+        args = check_parser().parse_args([*argv, "--replicas", str(replicas)])
+        keras.backend.clear_session()  # fresh layer names and seeds
+        # Every MirroredStrategy numbers its collective ops from this base: without a new base,
+        # a check's all-reduces would reuse the keys of another model's (other shapes) and fail.
+        tf.distribute.MirroredStrategy._collective_key_base += 100_000
+        try:
+            results[name] = CHECKS[args.check](args)
+        except Exception:  # noqa: BLE001 (the test of this check reports it)
+            results[name] = {"error": traceback.format_exc()[-3000:]}
+    return results
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["many"]:
+        parser = argparse.ArgumentParser(description=__doc__)
+        parser.add_argument("--replicas", type=int, default=2)
+        parser.add_argument("checks", type=json.loads, help='JSON: {"name": ["one-step", "--batch-size", "7"], ...}')
+        args = parser.parse_args(argv[1:])
+        print("RESULT " + json.dumps(run_many(args.replicas, args.checks)))
+        return 0
+    args = check_parser().parse_args(argv)
+    print("RESULT " + json.dumps(CHECKS[args.check](args)))
     return 0
 
 

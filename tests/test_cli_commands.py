@@ -12,19 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import cli_environment, run_cli
+from conftest import cli_environment, run_cli, run_main
 
 from tfvae.cli import main
-
-
-def _main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _png(path):
@@ -91,7 +81,7 @@ def test_tensorboard_images_are_logged_each_epoch(latent_2d_run):
 
 
 def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
-    status, out, _ = _main(capsys, "evaluate", latent_2d_run, "--samples", "50", "--json")
+    status, out, _ = run_main(capsys, "evaluate", latent_2d_run, "--samples", "50", "--json")
     assert status == 0
     result = json.loads(out)
     assert set(result) == {
@@ -112,7 +102,7 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
 
 
 def test_evaluate_prints_a_table(latent_2d_run, capsys):
-    status, out, err = _main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
+    status, out, err = run_main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
     assert status == 0
     assert "IW NLL, K=5 (nats/image)" in out and "examples" in out and " 20\n" in out
     # The cost, before the progress bar: examples x K decodes and the time it should take.
@@ -130,36 +120,36 @@ def test_evaluate_prints_a_table(latent_2d_run, capsys):
     ],
 )
 def test_evaluate_bad_input(latent_2d_run, capsys, args, message):
-    status, _, err = _main(capsys, "evaluate", latent_2d_run, *args)
+    status, _, err = run_main(capsys, "evaluate", latent_2d_run, *args)
     assert status == 2 and message in err and err.startswith("tfvae: error:")
 
 
 def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path, capsys):
     for command in (["evaluate"], ["sample", "--out", str(tmp_path / "s.png")]):
-        status, _, err = _main(capsys, *command, tmp_path)
+        status, _, err = run_main(capsys, *command, tmp_path)
         assert status == 2 and "Expected a tfvae run directory" in err
 
 
 def test_sample_grids(latent_2d_run, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert _main(capsys, "sample", latent_2d_run, "-n", "16", "--out", out)[0] == 0
+    assert run_main(capsys, "sample", latent_2d_run, "-n", "16", "--out", out)[0] == 0
     assert _png(out).shape[:2] == (4 * 66 + 2, 4 * 66 + 2)
-    status, _, err = _main(capsys, "sample", latent_2d_run, "--out", out)
+    status, _, err = run_main(capsys, "sample", latent_2d_run, "--out", out)
     assert status == 2 and "which exists (pass --overwrite" in err
-    assert _main(capsys, "sample", latent_2d_run, "--out", out, "--overwrite", "-n", "4")[0] == 0
+    assert run_main(capsys, "sample", latent_2d_run, "--out", out, "--overwrite", "-n", "4")[0] == 0
     assert _png(out).shape[:2] == (2 * 66 + 2, 2 * 66 + 2)
 
     lines = tmp_path / "lines.png"
-    assert _main(capsys, "sample", latent_2d_run, "--interpolate", "-n", "24", "--steps", "6", "--out", lines)[0] == 0
+    assert run_main(capsys, "sample", latent_2d_run, "--interpolate", "-n", "24", "--steps", "6", "--out", lines)[0] == 0
     assert _png(lines).shape[:2] == (4 * 66 + 2, 6 * 66 + 2)
     traverse = tmp_path / "traverse.png"
-    assert _main(capsys, "sample", latent_2d_run, "--traverse", "1", "-n", "16", "--out", traverse)[0] == 0
+    assert run_main(capsys, "sample", latent_2d_run, "--traverse", "1", "-n", "16", "--out", traverse)[0] == 0
     pixels = _png(traverse)
     assert pixels.shape[:2] == (2 * 66 + 2, 8 * 66 + 2)
     # Along a traversal the image changes from one end to the other.
     first, last = pixels[2:66, 2:66], pixels[2:66, -66:-2]
     assert np.abs(first.astype(int) - last.astype(int)).mean() > 1
-    status, _, err = _main(capsys, "sample", latent_2d_run, "--traverse", "2", "--out", tmp_path / "t.png")
+    status, _, err = run_main(capsys, "sample", latent_2d_run, "--traverse", "2", "--out", tmp_path / "t.png")
     assert status == 2 and "Expected a latent dimension in [0, 2). Received: 2" in err
 
 
@@ -169,7 +159,7 @@ def test_config_file_with_flags_overriding_it(tmp_path, capsys, suffix):
     path = tmp_path / f"settings{suffix}"
     path.write_text(json.dumps(settings) if suffix == ".json" else yaml.safe_dump(settings))
     run_dir = tmp_path / "run"
-    status, _, err = _main(capsys, "train", "--config", path, "--epochs", "1", "--run-dir", run_dir, "--quiet")
+    status, _, err = run_main(capsys, "train", "--config", path, "--epochs", "1", "--run-dir", run_dir, "--quiet")
     assert status == 0, err
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["latent_dim"] == 3 and saved["filters"] == [8] and saved["hidden_units"] == 16
@@ -177,7 +167,7 @@ def test_config_file_with_flags_overriding_it(tmp_path, capsys, suffix):
     assert saved["dataset"] == "digits" and saved["run_dir"] == str(run_dir)
     # The saved config is itself a valid --config file that reproduces the settings.
     again = tmp_path / "again"
-    status, _, _ = _main(capsys, "train", "--config", run_dir / "config.json", "--run-dir", again, "--quiet")
+    status, _, _ = run_main(capsys, "train", "--config", run_dir / "config.json", "--run-dir", again, "--quiet")
     assert status == 0
     assert json.loads((again / "config.json").read_text()) == {**saved, "run_dir": str(again)}
 
@@ -194,23 +184,23 @@ def test_config_file_with_flags_overriding_it(tmp_path, capsys, suffix):
 def test_bad_config_files(tmp_path, capsys, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    status, _, err = _main(capsys, "train", "--config", path, "--run-dir", tmp_path / "run")
+    status, _, err = run_main(capsys, "train", "--config", path, "--run-dir", tmp_path / "run")
     assert status == 2 and message in err
     assert not (tmp_path / "run").exists()
 
 
 def test_resume_refuses_other_settings_and_extends_a_finished_run(latent_2d_run, tmp_path, capsys):
-    status, _, err = _main(capsys, "train", "--resume", latent_2d_run, "--latent-dim", "4")
+    status, _, err = run_main(capsys, "train", "--resume", latent_2d_run, "--latent-dim", "4")
     assert status == 2 and "Expected only ['epochs', 'jit_compile', 'mixed_precision', 'strategy'] to change when resuming" in err
-    status, _, err = _main(capsys, "train", "--resume", tmp_path)
+    status, _, err = run_main(capsys, "train", "--resume", tmp_path)
     assert status == 2 and "Expected a tfvae run directory with config.json" in err
 
 
 @pytest.mark.slow
 def test_extending_a_finished_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert _main(capsys, "train", "--epochs", "2", "--run-dir", run_dir, "--quiet")[0] == 0
-    assert _main(capsys, "train", "--resume", run_dir, "--epochs", "4", "--quiet")[0] == 0
+    assert run_main(capsys, "train", "--epochs", "2", "--run-dir", run_dir, "--quiet")[0] == 0
+    assert run_main(capsys, "train", "--resume", run_dir, "--epochs", "4", "--quiet")[0] == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 4 and metrics["epochs_run_this_session"] == 2
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 4

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, cli_environment, run_cli
+from conftest import REPO_ROOT, cli_environment, run_cli, run_main
 
 from tfvae import cli
 from tfvae.cli import main
@@ -36,16 +36,6 @@ sys.exit(status)
 """
 #: What TensorFlow's native start-up writes to stderr (absl, oneDNN, CUDA probing, CPU features).
 _STARTUP_MARKERS = ("absl::InitializeLog", "oneDNN", "cuda", "cpu_feature_guard", "I0000", "E0000")
-
-
-def _main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _cli_without_tensorflow(*args):
@@ -176,7 +166,7 @@ def test_a_corrupt_model_is_named_as_such_by_every_command(run_dir, tmp_path, ca
         "export": ["export", copy, tmp_path / "export"],
     }
     for name, args in commands.items():
-        status, out, err = _main(capsys, *args)
+        status, out, err = run_main(capsys, *args)
         assert status == 2, name
         assert err == f"tfvae: error: '{model}' is not a readable .keras file (corrupt or truncated" + err.split(
             "(corrupt or truncated", 1)[1], name
@@ -188,7 +178,7 @@ def test_export_with_a_corrupt_config_json_warns_and_exports_the_intact_model(ru
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     (copy / "config.json").write_text('{"dataset": "dig')  # truncated
-    status, out, err = _main(capsys, "export", copy, tmp_path / "export")
+    status, out, err = run_main(capsys, "export", copy, tmp_path / "export")
     assert status == 0, err
     assert err == (f"tfvae: warning: '{copy / 'config.json'}' is not a readable run configuration "
                    "(corrupt or truncated); the export's metadata will not name the dataset\n")
@@ -222,7 +212,7 @@ def test_read_only_output_folders_are_one_line(run_dir, read_only_dir, capsys):
         "export": ["export", run_dir, read_only_dir / "export"],
     }
     for name, args in cases.items():
-        status, _, err = _main(capsys, *args)
+        status, _, err = run_main(capsys, *args)
         assert status == 2, (name, err)
         assert len(err.splitlines()) == 1 and err.startswith("tfvae: error: "), err
         assert ("Read-only file system" in err or "Permission denied" in err) and str(read_only_dir) in err, err
@@ -245,7 +235,7 @@ def test_a_full_disk_names_the_path(run_dir, tmp_path, capsys):
         pytest.skip(f"no small tmpfs can be mounted here ({mounted.stderr.strip()}); the injected ENOSPC passed")
     try:
         (folder / "filler").write_bytes(b"\0" * 12 * 1024)
-        status, _, err = _main(capsys, "sample", run_dir, "--out", folder / "s.png", "-n", "256")
+        status, _, err = run_main(capsys, "sample", run_dir, "--out", folder / "s.png", "-n", "256")
         assert status == 2
         assert err.startswith("tfvae: error: no space left on device while writing ") and str(folder) in err
         assert len(err.splitlines()) == 1
@@ -273,7 +263,7 @@ def test_ctrl_c_during_evaluate_is_one_line(run_dir, capsys):
     timer = threading.Timer(3.0, _thread.interrupt_main, args=(signal.SIGINT,))
     timer.start()
     try:
-        status, out, err = _main(capsys, "evaluate", run_dir, "--samples", "5000", "--json")
+        status, out, err = run_main(capsys, "evaluate", run_dir, "--samples", "5000", "--json")
     finally:
         timer.cancel()
     assert status == 130

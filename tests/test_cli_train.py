@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli
+from conftest import run_main
 
-from tfvae.cli import main
+from tfvae.training import TrainConfig
 
 
 def _png_shape(path):
@@ -15,21 +15,21 @@ def _png_shape(path):
 
 
 @pytest.mark.slow
-def test_train_writes_a_complete_run_directory(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli("train", "--epochs", "3", "--run-dir", run_dir, "--quiet", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_train_with_no_arguments_writes_a_complete_run_directory_under_runs(default_run):
+    run_dir, result = default_run
+    assert run_dir.parent.name == "runs" and run_dir.name.startswith("digits-")
     names = sorted(p.name for p in run_dir.iterdir())
     assert names == [
         "checkpoints", "config.json", "interpolations.png", "kl_per_dimension.png", "logs", "loss_curves.png",
         "metrics.csv", "metrics.json", "model.keras", "reconstructions.png", "samples.png",
     ]
+    epochs = TrainConfig().epochs
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs_completed"] == 3 and metrics["stopped_on_nan"] is False
+    assert metrics["epochs_completed"] == epochs and metrics["stopped_on_nan"] is False
     assert metrics["validation"]["elbo"] < 0 and metrics["num_train_examples"] > 1000
-    assert json.loads(result.stdout)["run_dir"] == str(run_dir)
+    assert json.loads(result.stdout)["run_dir"] == f"runs/{run_dir.name}"  # relative to the working directory
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["epochs"] == 3 and config["dataset"] == "digits"
+    assert config["epochs"] == epochs and config["dataset"] == "digits"
     # 64 samples of 8x8 digits, upscaled 8x, in an 8x8 grid with 2-pixel gaps.
     assert _png_shape(run_dir / "samples.png") == (8 * 66 + 2, 8 * 66 + 2, 1)
     assert _png_shape(run_dir / "reconstructions.png") == (8 * 66 + 2, 8 * 66 + 2, 1)
@@ -37,29 +37,11 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert pixels.std() > 10  # not blank
 
 
-@pytest.mark.slow
-def test_train_with_no_arguments_uses_the_default_run_dir(tmp_path):
-    result = run_cli("train", "--epochs", "1", "--quiet", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    assert run_dir.name.startswith("digits-") and (run_dir / "model.keras").exists()
-
-
-def _main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse's own errors
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_existing_run_directory_is_refused_and_kept(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    status, _, err = _main(capsys, "train", "--epochs", "1", "--run-dir", run_dir)
+    status, _, err = run_main(capsys, "train", "--epochs", "1", "--run-dir", run_dir)
     assert status == 2
     assert err.strip().splitlines() == [
         f"tfvae: error: Expected a new or empty run directory. Received: '{run_dir}', which "
@@ -79,14 +61,14 @@ def test_existing_run_directory_is_refused_and_kept(tmp_path, capsys):
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
-    status, _, err = _main(capsys, "train", "--run-dir", tmp_path / "run", *args)
+    status, _, err = run_main(capsys, "train", "--run-dir", tmp_path / "run", *args)
     assert status == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
 def test_help_documents_every_flag(capsys):
-    status, out, _ = _main(capsys, "train", "--help")
+    status, out, _ = run_main(capsys, "train", "--help")
     assert status == 0
     for flag in ["--latent-dim", "--filters", "--likelihood", "--beta", "--epochs", "--batch-size",
                  "--learning-rate", "--seed", "--run-dir"]:

@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import run_main
 from PIL import Image
 
 from tfvae.cli import main
@@ -24,16 +25,6 @@ def write_idx_gz(path, images: np.ndarray) -> None:
 def write_png(path, value: int, size=(8, 8)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full(size, value, np.uint8)).save(path)
-
-
-def run_main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def assert_one_error_line(status, err, *fragments):

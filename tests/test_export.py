@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_environment, run_cli
+from conftest import cli_environment, run_main
 
 import tfvae
 from tfvae import export
@@ -382,14 +382,16 @@ def _error_lines(stderr):
 
 
 @pytest.mark.slow
-def test_cli_exports_a_run_directory(tmp_path):
+def test_cli_exports_a_run_directory(tmp_path, capsys):
+    # `tfvae export` runs in this process (run_main): a subprocess of its own would only add
+    # TensorFlow's start-up to each of the four commands.
     run_dir = tmp_path / "run"
     train(TrainConfig(epochs=1, latent_dim=3, filters=(8,), run_dir=str(run_dir)), verbose=0)
     target = tmp_path / "export"
 
-    completed = run_cli("export", run_dir, target, cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout.strip().splitlines()[-1])["export"] == str(target)
+    status, out, err = run_main(capsys, "export", run_dir, target)
+    assert status == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["export"] == str(target)
     metadata = export.read_metadata(target)
     assert metadata["dataset"] == "digits"
     assert metadata["latent_dim"] == 3
@@ -398,17 +400,17 @@ def test_cli_exports_a_run_directory(tmp_path):
     reloaded = tf.saved_model.load(str(target))
     _close(reloaded.reconstruct(images)["images"], vae(images))
 
-    refused = run_cli("export", run_dir, target, cwd=tmp_path)
-    assert refused.returncode == 2
-    [message] = _error_lines(refused.stderr)
+    status, _, err = run_main(capsys, "export", run_dir, target)
+    assert status == 2
+    [message] = _error_lines(err)
     assert "already exists" in message and "--overwrite" in message
 
-    assert run_cli("export", run_dir, target, "--overwrite", cwd=tmp_path).returncode == 0
+    assert run_main(capsys, "export", run_dir, target, "--overwrite")[0] == 0
     assert export.read_metadata(target)["latent_dim"] == 3
 
-    missing = run_cli("export", tmp_path / "nowhere", tmp_path / "other", cwd=tmp_path)
-    assert missing.returncode == 2
-    [message] = _error_lines(missing.stderr)
+    status, _, err = run_main(capsys, "export", tmp_path / "nowhere", tmp_path / "other")
+    assert status == 2
+    [message] = _error_lines(err)
     assert "model.keras" in message and "nowhere" in message
     assert not (tmp_path / "other").exists()
 

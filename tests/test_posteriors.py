@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from conftest import run_cli
+from conftest import run_main
 
 import tfvae
 from tfvae.config import POSTERIOR_NAMES, TrainConfig
@@ -293,21 +293,21 @@ def test_tf_only_importance_weights_match_the_models_importance_weighted_nll(exp
 
 
 # --------------------------------------------------------------------------- command line
-def test_cli_trains_an_iaf_model_and_refuses_free_bits_in_one_line(tmp_path):
+def test_cli_trains_an_iaf_model_and_refuses_free_bits_in_one_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    completed = run_cli("train", "--posterior", "iaf", "--iaf-steps", "3", "--iaf-context-units", "5",
-                        "--epochs", "1", "--filters", "8", "--hidden-units", "16", "--latent-dim", "2",
-                        "--run-dir", run_dir, "--quiet")
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    status, _, err = run_main(capsys, "train", "--posterior", "iaf", "--iaf-steps", "3", "--iaf-context-units", "5",
+                              "--epochs", "1", "--filters", "8", "--hidden-units", "16", "--latent-dim", "2",
+                              "--run-dir", run_dir, "--quiet")
+    assert status == 0, err[-2000:]
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["posterior"], saved["iaf_steps"], saved["iaf_context_units"]) == ("iaf", 3, 5)
     model = keras.models.load_model(run_dir / "model.keras")
     assert type(model.posterior) is IAFPosterior
     assert (model.posterior.steps, model.posterior.context_units) == (3, 5)
-    refused = run_cli("train", "--posterior", "iaf", "--free-bits", "0.5", "--run-dir", tmp_path / "refused")
-    assert refused.returncode == 2
-    assert "Expected no free_bits with posterior 'iaf'" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    status, _, err = run_main(capsys, "train", "--posterior", "iaf", "--free-bits", "0.5", "--run-dir", tmp_path / "refused")
+    assert status == 2
+    assert "Expected no free_bits with posterior 'iaf'" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "refused").exists()
 
 

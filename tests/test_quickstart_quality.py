@@ -1,27 +1,15 @@
 """The quick start's model is worth looking at: a real-digit classifier recognizes its samples."""
 
-import importlib.util
-
 import pytest
-from conftest import REPO_ROOT
-
-from tfvae.training import TrainConfig, train
-
-
-def _quickstart_quality():
-    """benchmarks/quickstart_quality.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("quickstart_quality", REPO_ROOT / "benchmarks" / "quickstart_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 @pytest.mark.slow
-def test_default_configuration_generates_digits_a_classifier_recognizes(tmp_path):
-    quality = _quickstart_quality()
-    run_dir = tmp_path / "run"
-    train(TrainConfig(run_dir=str(run_dir)), verbose=0)  # what `tfvae train` does with no arguments
+def test_default_configuration_generates_digits_a_classifier_recognizes(default_run):
+    quality = load_benchmark("quickstart_quality")
+    run_dir, _ = default_run  # what `tfvae train` does with no arguments
     result = quality.sample_quality(run_dir, num_samples=1000, seed=0)
+    print(result)  # the margins over the thresholds, shown with `pytest -s`
     generated, real = result["generated"], result["real"]
     assert generated["mean_top_probability"] >= quality.MIN_MEAN_TOP_PROBABILITY, result
     assert generated["classes_present"] == quality.NUM_CLASSES, result

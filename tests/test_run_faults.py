@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, cli_environment
+from conftest import REPO_ROOT, cli_environment, run_main
 
 import tfvae
 from tfvae.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, CorruptBackupError
@@ -26,16 +26,6 @@ from tfvae.training import TrainConfig, load_run_config
 
 #: Small and fast: the built-in 8x8 digits with a 2-D latent space.
 _SMALL = ["--latent-dim", "2", "--filters", "8,16", "--quiet"]
-
-
-def _main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _error_line(err: str) -> str:
@@ -104,7 +94,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_last_good_model(tmp_path, monkeypat
 def test_train_on_a_full_disk_is_one_line_and_resumes(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     writes = _fill_disk_on(monkeypatch, ".model.", after=1)
-    status, _, err = _main(capsys, "train", "--epochs", "3", "--run-dir", run_dir, *_SMALL)
+    status, _, err = run_main(capsys, "train", "--epochs", "3", "--run-dir", run_dir, *_SMALL)
     assert status == 2
     assert _error_line(err) == (
         f"tfvae: error: no space left on device while writing '{run_dir / 'model.keras'}'; "
@@ -116,7 +106,7 @@ def test_train_on_a_full_disk_is_one_line_and_resumes(tmp_path, monkeypatch, cap
     assert first_epoch.optimizer.iterations.numpy() > 0
 
     monkeypatch.undo()  # space freed
-    status, out, err = _main(capsys, "train", "--resume", run_dir, "--quiet")
+    status, out, err = run_main(capsys, "train", "--resume", run_dir, "--quiet")
     assert status == 0, err
     assert json.loads(out)["epochs_completed"] == 3
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
@@ -207,7 +197,7 @@ def test_a_failed_start_writes_nothing(tmp_path, capsys, monkeypatch, settings, 
     monkeypatch.chdir(tmp_path)
     config_file = tmp_path / "settings.json"
     config_file.write_text(json.dumps(settings))
-    status, _, err = _main(capsys, "train", "--config", config_file, "--run-dir", "run", *flags)
+    status, _, err = run_main(capsys, "train", "--config", config_file, "--run-dir", "run", *flags)
     assert status == 2
     assert message in _error_line(err)
     assert not (tmp_path / "run").exists()
@@ -219,7 +209,7 @@ def test_leftovers_of_a_failed_start_do_not_block_the_retry(tmp_path, capsys):
     (run_dir / "logs" / "train" / "events.out.tfevents.1.host.1.0.v2").write_bytes(b"header")
     (run_dir / "checkpoints").mkdir()
     (run_dir / "config.json").write_text(json.dumps({"likelihood": "poisson"}))  # an older tfvae's
-    status, _, err = _main(capsys, "train", "--epochs", "1", "--run-dir", run_dir, *_SMALL)
+    status, _, err = run_main(capsys, "train", "--epochs", "1", "--run-dir", run_dir, *_SMALL)
     assert status == 0, err
     assert json.loads((run_dir / "config.json").read_text())["likelihood"] == "bernoulli"
     assert "logs/train/events.out.tfevents.1.host.1.0.v2" not in _files(run_dir)
@@ -234,7 +224,7 @@ def test_a_run_directory_with_other_files_is_refused_untouched(tmp_path, capsys,
     (run_dir / extra).parent.mkdir(parents=True, exist_ok=True)
     (run_dir / extra).write_text("mine")
     before = _files(run_dir)
-    status, _, err = _main(capsys, "train", "--epochs", "1", "--run-dir", run_dir, *_SMALL)
+    status, _, err = run_main(capsys, "train", "--epochs", "1", "--run-dir", run_dir, *_SMALL)
     assert status == 2 and "already holds files" in _error_line(err)
     assert _files(run_dir) == before
 
@@ -242,7 +232,7 @@ def test_a_run_directory_with_other_files_is_refused_untouched(tmp_path, capsys,
 def test_run_dir_that_is_a_file(tmp_path, capsys):
     path = tmp_path / "run"
     path.write_text("mine")
-    status, _, err = _main(capsys, "train", "--run-dir", path, *_SMALL)
+    status, _, err = run_main(capsys, "train", "--run-dir", path, *_SMALL)
     assert status == 2
     assert _error_line(err) == (f"tfvae: error: Expected --run-dir to name a directory. Received: "
                                 f"'{path}', which is a file (nothing was changed).")
@@ -294,7 +284,7 @@ def test_infinite_beta_is_rejected_by_the_model():
 
 
 def test_infinite_learning_rate_flag(tmp_path, capsys):
-    status, _, err = _main(capsys, "train", "--learning-rate", "inf", "--run-dir", tmp_path / "run")
+    status, _, err = run_main(capsys, "train", "--learning-rate", "inf", "--run-dir", tmp_path / "run")
     assert status == 2 and "learning_rate=inf" in _error_line(err)
     assert not (tmp_path / "run").exists()
 
@@ -315,7 +305,7 @@ def test_the_nan_message_says_what_was_saved(tmp_path, capsys, monkeypatch, nan_
     monkeypatch.setattr(_PoisonAtEpoch, "EPOCH", nan_epoch)
     monkeypatch.setattr(keras.callbacks, "TerminateOnNaN", _PoisonAtEpoch)
     run_dir = tmp_path / "run"
-    status, out, err = _main(capsys, "train", "--epochs", "3", "--run-dir", run_dir, *_SMALL)
+    status, out, err = run_main(capsys, "train", "--epochs", "3", "--run-dir", run_dir, *_SMALL)
     assert status == 1
     assert json.loads(out[out.index("{"):])["stopped_on_nan"] is True  # after Keras's own NaN line
     line = _error_line(err)
@@ -336,9 +326,9 @@ def test_a_corrupt_config_json_is_named(tmp_path, capsys):
     (run_dir / "config.json").write_text('{"epochs": 3, "latent')
     with pytest.raises(ValueError, match=r"Expected '.*run/config.json' to hold a run's configuration as JSON"):
         load_run_config(run_dir)
-    status, _, err = _main(capsys, "train", "--resume", run_dir, "--epochs", "4")
+    status, _, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "4")
     assert status == 2 and f"'{run_dir / 'config.json'}'" in _error_line(err)
-    status, _, err = _main(capsys, "evaluate", run_dir)
+    status, _, err = run_main(capsys, "evaluate", run_dir)
     assert status == 2 and "corrupt or truncated" in _error_line(err)
 
 
@@ -348,7 +338,7 @@ def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     write_json_atomic(run_dir / "config.json", {"epochs": 3, "latent_dim": 2})
     (run_dir / "metrics.csv").write_text("epoch,loss\n0,9.0\n1,8.0\n2,7.5\n")
     before = {name: (run_dir / name).read_bytes() for name in _files(run_dir)}
-    status, _, err = _main(capsys, "train", "--resume", run_dir, "--epochs", "2")
+    status, _, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "2")
     assert status == 2
     assert _error_line(err) == (f"tfvae: error: Expected --epochs >= 3 to resume '{run_dir}', which has "
                                 "trained 3 epochs. Received: epochs=2 (nothing was changed).")
@@ -377,7 +367,7 @@ def test_a_corrupt_backup_falls_back_to_the_last_model(one_epoch_run, tmp_path, 
     flipped = bytearray(model)
     flipped[len(flipped) // 2] ^= 0xFF
     run_dir = _interrupted_copy(one_epoch_run, tmp_path / "run", bytes(flipped))
-    status, out, err = _main(capsys, "train", "--resume", run_dir, "--epochs", "2", "--quiet")
+    status, out, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "2", "--quiet")
     assert status == 0, err
     assert _error_line(err) == (
         f"tfvae: warning: the backup '{run_dir / 'backup' / 'latest.keras'}' is missing, corrupt or "
@@ -391,7 +381,7 @@ def test_a_corrupt_backup_without_a_model_says_to_start_over(one_epoch_run, tmp_
     run_dir = _interrupted_copy(one_epoch_run, tmp_path / "run", b"PK\x03\x04 truncated")
     (run_dir / "model.keras").unlink()
     before = _files(run_dir)
-    status, _, err = _main(capsys, "train", "--resume", run_dir, "--epochs", "2")
+    status, _, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "2")
     assert status == 2
     line = _error_line(err)
     assert f"'{run_dir / 'backup' / 'latest.keras'}'" in line and "start over" in line
@@ -414,7 +404,7 @@ def test_a_validation_split_of_one_image_gets_the_pictures_it_allows(tmp_path, c
     images = np.random.default_rng(0).random((10, 8, 8, 1)).astype("float32")
     np.save(tmp_path / "ten.npy", images)
     run_dir = tmp_path / "run"
-    status, out, err = _main(capsys, "train", "--dataset", tmp_path / "ten.npy", "--epochs", "1",
+    status, out, err = run_main(capsys, "train", "--dataset", tmp_path / "ten.npy", "--epochs", "1",
                              "--run-dir", run_dir, *_SMALL)
     assert status == 0, err
     metrics = json.loads(out[out.index("{"):])

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from conftest import cli_environment, run_cli
+from conftest import cli_environment, run_cli, run_main
 
 import tfvae
-from tfvae.cli import main
 from tfvae.distributions import Prior
 from tfvae.objectives import (
     ELBO,
@@ -157,14 +156,6 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k_on_a_trained_model(digits
 
 
 # --------------------------------------------------------------------------- command line
-def _main(capsys, *args):
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr()
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -179,9 +170,9 @@ def _main(capsys, *args):
     ],
 )
 def test_cli_refuses_bad_objective_settings_in_one_line(tmp_path, capsys, args, message):
-    status, captured = _main(capsys, "train", "--run-dir", tmp_path / "run", *args)
+    status, _, err = run_main(capsys, "train", "--run-dir", tmp_path / "run", *args)
     assert status == 2
-    assert message in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
@@ -189,8 +180,8 @@ def test_cli_trains_with_a_warmup_and_logs_beta(tmp_path, capsys):
     run_dir = tmp_path / "run"
     config_file = tmp_path / "settings.json"
     config_file.write_text(json.dumps({"kl_schedule": "linear", "kl_warmup": 1.5, "beta": 0.5}))
-    status, _ = _main(capsys, "train", "--config", config_file, "--epochs", "2", "--filters", "8",
-                      "--batch-size", "64", "--run-dir", run_dir, "--quiet")
+    status, _, _ = run_main(capsys, "train", "--config", config_file, "--epochs", "2", "--filters", "8",
+                            "--batch-size", "64", "--run-dir", run_dir, "--quiet")
     assert status == 0
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["kl_schedule"], saved["kl_warmup"], saved["beta"]) == ("linear", 1.5, 0.5)

@@ -11,7 +11,7 @@ import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli
+from conftest import run_main
 
 import tfvae
 from tfvae.cli import main
@@ -192,20 +192,20 @@ def test_bad_candidates_are_rejected_with_what_was_received():
 
 
 @pytest.mark.slow
-def test_cli_tune_writes_the_run_and_resumes_it(tmp_path):
+def test_cli_tune_writes_the_run_and_resumes_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     common = ["tune", "--latent-dims", "2,4", "--epochs", "1", "--filters", "4,8", "--quiet", "--run-dir", run_dir]
-    result = run_cli(*common, "--max-trials", "1")
-    assert result.returncode == 0, result.stderr
-    output = json.loads(result.stdout)
+    status, out, err = run_main(capsys, *common, "--max-trials", "1")
+    assert status == 0, err
+    output = json.loads(out)
     assert output["resumed"] is False and output["best"]["hyperparameters"]["latent_dim"] in (2, 4)
     for name in ("tuning.json", "trials.csv", "objective_by_latent_dim.png", "best/model.keras",
                  "best/saved_model/saved_model.pb", "tuner/oracle.json"):
         assert (run_dir / name).exists(), name
 
-    result = run_cli(*common, "--max-trials", "2")  # more trials: the same run goes on
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["resumed"] is True
+    status, out, err = run_main(capsys, *common, "--max-trials", "2")  # more trials: the same run goes on
+    assert status == 0, err
+    assert json.loads(out)["resumed"] is True
     rows = read_rows(run_dir / "trials.csv")
     assert sorted(int(row["latent_dim"]) for row in rows) == [2, 4]
 
