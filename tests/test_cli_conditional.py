@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_main
 
 import tfvae
 from tfvae.cli import main
@@ -16,16 +17,6 @@ from tfvae.training import load_data, load_run_config
 TINY = ["--latent-dim", "2", "--filters", "8", "--hidden-units", "32", "--learning-rate", "3e-3"]
 #: 8x8 digits are drawn 8x larger, in cells of 64 + 2 pixels.
 CELL = 66
-
-
-def _main(capsys, *args):
-    """Runs the CLI in this process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse's own errors
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _png(path):
@@ -114,7 +105,7 @@ def test_image_summaries_are_logged_every_epoch(conditional_run):
 
 def test_sample_label_draws_one_class(conditional_run, conditional_model, tmp_path, capsys):
     out = tmp_path / "threes.png"
-    status, stdout, err = _main(capsys, "sample", conditional_run, "--label", "3", "-n", "16", "--out", out)
+    status, stdout, err = run_main(capsys, "sample", conditional_run, "--label", "3", "-n", "16", "--out", out)
     assert status == 0, err
     assert stdout.strip() == f"wrote {out} (266x266 pixels)"
     grid = _png(out)  # 4x4 images of 8x8, upscaled 8x
@@ -125,7 +116,7 @@ def test_sample_label_draws_one_class(conditional_run, conditional_model, tmp_pa
 
 def test_sample_without_label_has_one_row_per_class(conditional_run, tmp_path, capsys):
     out = tmp_path / "classes.png"
-    status, _, err = _main(capsys, "sample", conditional_run, "-n", "20", "--out", out)
+    status, _, err = run_main(capsys, "sample", conditional_run, "-n", "20", "--out", out)
     assert status == 0, err
     assert _png(out).shape[:2] == (10 * CELL + 2, 2 * CELL + 2)  # 20 // 10 per class
 
@@ -133,7 +124,7 @@ def test_sample_without_label_has_one_row_per_class(conditional_run, tmp_path, c
 @pytest.mark.parametrize("mode", [["--interpolate"], ["--traverse", "1"], ["--traverse", "0", "--label", "7"]])
 def test_sample_interpolations_and_traversals_of_a_conditional_run(conditional_run, tmp_path, capsys, mode):
     out = tmp_path / "walk.png"
-    status, _, err = _main(capsys, "sample", conditional_run, *mode, "-n", "24", "--steps", "6", "--out", out)
+    status, _, err = run_main(capsys, "sample", conditional_run, *mode, "-n", "24", "--steps", "6", "--out", out)
     assert status == 0, err
     pixels = _png(out)
     assert pixels.shape[:2] == (4 * CELL + 2, 6 * CELL + 2) and pixels.std() > 5
@@ -141,7 +132,7 @@ def test_sample_interpolations_and_traversals_of_a_conditional_run(conditional_r
 
 @pytest.mark.parametrize("label", ["10", "-1"])
 def test_sample_label_out_of_range_is_one_line(conditional_run, tmp_path, capsys, label):
-    status, _, err = _main(capsys, "sample", conditional_run, "--label", label, "--out", tmp_path / "x.png")
+    status, _, err = run_main(capsys, "sample", conditional_run, "--label", label, "--out", tmp_path / "x.png")
     assert status == 2
     assert err.strip().splitlines() == [
         f"tfvae: error: Expected --label in [0, 9], the run's 10 classes. Received: --label {label}"
@@ -153,7 +144,7 @@ def test_sample_label_on_an_unconditional_run_is_one_line(tmp_path, capsys):
     run_dir = tmp_path / "plain"
     run_dir.mkdir()
     tfvae.build_conv_vae((8, 8, 1), 2, filters=(8,)).save(run_dir / "model.keras")
-    status, _, err = _main(capsys, "sample", run_dir, "--label", "3", "--out", tmp_path / "x.png")
+    status, _, err = run_main(capsys, "sample", run_dir, "--label", "3", "--out", tmp_path / "x.png")
     assert status == 2
     assert err.strip().splitlines() == [
         "tfvae: error: Expected --label only for a conditional run (trained with --conditional). "
@@ -162,7 +153,7 @@ def test_sample_label_on_an_unconditional_run_is_one_line(tmp_path, capsys):
 
 
 def test_evaluate_scores_log_p_of_x_given_the_data_labels(conditional_run, conditional_model, capsys):
-    status, out, err = _main(capsys, "evaluate", conditional_run, "--samples", "20", "--json")
+    status, out, err = run_main(capsys, "evaluate", conditional_run, "--samples", "20", "--json")
     assert status == 0, err
     result = json.loads(out)
     assert result["num_classes"] == 10 and result["num_examples"] == 180
@@ -177,12 +168,12 @@ def test_evaluate_scores_log_p_of_x_given_the_data_labels(conditional_run, condi
     wrong = conditional_model.importance_weighted_nll(images, (labels + 1) % 10, num_samples=20, seed=0)
     assert wrong.mean() > nll.mean() + 1.0
 
-    status, table, _ = _main(capsys, "evaluate", conditional_run, "--samples", "5", "--max-examples", "10")
+    status, table, _ = run_main(capsys, "evaluate", conditional_run, "--samples", "5", "--max-examples", "10")
     assert status == 0 and "IW NLL -log p(x|y), K=5 (nats/image)" in table
 
 
 def test_class_prior_without_conditional_is_one_line(tmp_path, capsys):
-    status, _, err = _main(capsys, "train", "--class-prior", "learned", "--run-dir", tmp_path / "run")
+    status, _, err = run_main(capsys, "train", "--class-prior", "learned", "--run-dir", tmp_path / "run")
     assert status == 2
     assert err.strip().splitlines() == [
         "tfvae: error: Expected class_prior only with conditional=True (a prior per class needs labels). "
@@ -194,7 +185,7 @@ def test_class_prior_without_conditional_is_one_line(tmp_path, capsys):
 def test_conditional_on_a_source_without_labels_is_one_line(tmp_path, capsys):
     data = tmp_path / "images.npz"
     np.savez(data, x_train=np.random.default_rng(0).random((40, 8, 8, 1), dtype=np.float32))
-    status, _, err = _main(capsys, "train", "--conditional", "--dataset", data, "--run-dir", tmp_path / "run")
+    status, _, err = run_main(capsys, "train", "--conditional", "--dataset", data, "--run-dir", tmp_path / "run")
     assert status == 2
     assert len(err.strip().splitlines()) == 1 and "labels" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -203,7 +194,7 @@ def test_conditional_on_a_source_without_labels_is_one_line(tmp_path, capsys):
 @pytest.mark.slow  # about 18 s: a trial and the export of its best model
 def test_tune_conditional_searches_conditional_models(tmp_path, capsys):
     run_dir = tmp_path / "tune"
-    status, out, err = _main(capsys, "tune", "--conditional", "--latent-dims", "2", "--max-trials", "1",
+    status, out, err = run_main(capsys, "tune", "--conditional", "--latent-dims", "2", "--max-trials", "1",
                              "--epochs", "1", "--filters", "4", "--hidden-units", "16", "--run-dir", run_dir, "--quiet")
     assert status == 0, err
     assert json.loads(out)["trials_run"] == 1
