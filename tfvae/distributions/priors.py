@@ -33,6 +33,22 @@ tfd = tfp.distributions
 _MIN_SCALE = 1e-5
 
 
+def _gaussian_tables(layer: keras.layers.Layer, rows: int, latent_dim: int, loc_initializer):
+    """Adds the weights of `rows` diagonal Gaussians to `layer`: `(locs, raw_scales)`, each
+    `[rows, latent_dim]`; the scales are softplus(raw_scales), 1 at the start."""
+    locs = layer.add_weight(
+        name="locs", shape=(rows, latent_dim), initializer=loc_initializer, dtype=DISTRIBUTION_DTYPE
+    )
+    raw_scales = layer.add_weight(
+        name="raw_scales",
+        shape=(rows, latent_dim),
+        # softplus(log(e - 1)) = 1.
+        initializer=keras.initializers.Constant(math.log(math.e - 1.0)),
+        dtype=DISTRIBUTION_DTYPE,
+    )
+    return locs, raw_scales
+
+
 def _check_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
@@ -135,18 +151,8 @@ class MixturePrior(Prior):
         self.logits = self.add_weight(
             name="logits", shape=(self.components,), initializer="zeros", dtype=DISTRIBUTION_DTYPE
         )
-        self.locs = self.add_weight(
-            name="locs",
-            shape=(self.components, latent_dim),
-            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
-            dtype=DISTRIBUTION_DTYPE,
-        )
-        # softplus(log(e - 1)) = 1: unit scales at the start.
-        self.raw_scales = self.add_weight(
-            name="raw_scales",
-            shape=(self.components, latent_dim),
-            initializer=keras.initializers.Constant(math.log(math.e - 1.0)),
-            dtype=DISTRIBUTION_DTYPE,
+        self.locs, self.raw_scales = _gaussian_tables(
+            self, self.components, latent_dim, keras.initializers.RandomNormal(stddev=1.0, seed=self.seed)
         )
 
     def distribution(self, latent_dim, encode=None):
@@ -336,17 +342,7 @@ class ClassGaussianPrior(Prior):
 
     def build(self, input_shape):
         latent_dim = int(input_shape[-1])
-        self.locs = self.add_weight(
-            name="locs", shape=(self.num_classes, latent_dim), initializer="zeros",
-            dtype=DISTRIBUTION_DTYPE,
-        )
-        # softplus(log(e - 1)) = 1: unit scales at the start.
-        self.raw_scales = self.add_weight(
-            name="raw_scales",
-            shape=(self.num_classes, latent_dim),
-            initializer=keras.initializers.Constant(math.log(math.e - 1.0)),
-            dtype=DISTRIBUTION_DTYPE,
-        )
+        self.locs, self.raw_scales = _gaussian_tables(self, self.num_classes, latent_dim, "zeros")
 
     def _parameters(self, labels):
         """`(loc, scale)`: `[B, D]` for one-hot `labels` `[B, C]`; `[C, D]` (every class) for None."""
