@@ -113,6 +113,86 @@ def test_discretized_logistic_is_stable_far_in_the_tails_and_its_gradients_are_f
     assert np.isfinite(gradient.numpy()).all()
 
 
+EXTREME_LOG_SCALES = [-30.0, -7.0, 0.0, 12.0, 30.0, 90.0]
+EXTREME_MEANS = [-1e6, -3.0, 0.0, 0.5, 1.0, 4.0, 1e6]
+EDGE_AND_INNER_BINS = [0, 1, 128, 254, 255]
+
+
+def _extreme_logistic_parameters():
+    """Two-component parameters `[N, 1, 1, 6]`: component 0 over a grid of extreme log scales, means
+    and mixture logits (0: an even mixture, 200: component 0 alone, -200: component 1 alone);
+    component 1 ordinary (mean 0.3, log scale -2)."""
+    rows = [
+        [logit, 0.0, mean, 0.3, log_scale, -2.0]
+        for log_scale in EXTREME_LOG_SCALES
+        for mean in EXTREME_MEANS
+        for logit in [0.0, 200.0, -200.0]
+    ]
+    return np.asarray(rows, np.float32)[:, np.newaxis, np.newaxis, :]
+
+
+def test_discretized_logistic_values_and_gradients_are_finite_for_extreme_parameters():
+    # Regression: log scales above ~11.8 (where exp(-1 / (255 s)) rounds to 1 and the unselected
+    # branch of log(1 - exp(-t)) is -inf) and means far outside [0, 1] (where b - a cancelled to 0)
+    # gave NaN gradients, at every bin, the edge bins included; training on gray MNIST diverged.
+    parameters = tf.constant(_extreme_logistic_parameters())
+    likelihood = DiscretizedLogisticLikelihood(2)
+    x = np.broadcast_to(np.asarray(EDGE_AND_INNER_BINS, np.float32) / 255.0, (parameters.shape[0], 1, 5))
+    x = x[..., np.newaxis]
+    with tf.GradientTape() as tape:
+        tape.watch(parameters)
+        # One sub-pixel per bin: the parameters are tiled along the width.
+        tiled = tf.tile(parameters, [1, 1, 5, 1])
+        log_probs = likelihood.distribution(tiled).subpixel_log_prob(x)
+    gradient = tape.gradient(log_probs, parameters)
+    assert np.isfinite(log_probs.numpy()).all()
+    assert np.isfinite(gradient.numpy()).all()
+
+
+def test_discretized_logistic_is_exact_for_very_large_scales_and_far_means():
+    # The 256 probabilities still sum to 1, and an inner bin of a wide logistic (P ~ 1 / (255 s))
+    # matches float64.
+    parameters = _extreme_logistic_parameters()
+    selected = parameters[(np.abs(parameters[:, 0, 0, 2]) < 1e5) & (parameters[:, 0, 0, 0] == 200.0)]
+    distribution = DiscretizedLogisticLikelihood(2).distribution(selected)
+    log_probs = _all_values_log_probs(distribution, (selected.shape[0], 1, 1, 1))
+    np.testing.assert_allclose(np.exp(log_probs).sum(axis=0), 1.0, atol=1e-4)
+    for log_scale in [12.0, 30.0, 90.0]:
+        scale = math.exp(log_scale)
+        a, b = (128 / 255 - 0.5 - 1 / 510) / scale, (128 / 255 - 0.5 + 1 / 510) / scale
+        # log(sigmoid(b) - sigmoid(a)) without cancellation, in float64.
+        expected = -np.logaddexp(0, -b) - np.logaddexp(0, a) + np.log(-np.expm1(-1 / (255 * scale)))
+        single = DiscretizedLogisticLikelihood(1).distribution(tf.constant([[[[0.0, 0.5, log_scale]]]]))
+        got = single.log_prob(np.full((1, 1, 1, 1), 128 / 255, np.float32)).numpy()[0]
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_discretized_logistic_training_from_extreme_parameters_stays_finite():
+    # Adam on free per-pixel parameters over 8-bit data with many exact 0s and 1s, from an unused
+    # component with a huge log scale (as the drifting unused components of a decoder trained on
+    # gray MNIST reached) and one with a mean far outside [0, 1]. Before the fix the first gradient was NaN.
+    rng = np.random.default_rng(3)
+    levels = rng.choice([0, 255, 128, 7], p=[0.6, 0.2, 0.1, 0.1], size=(32, 6, 6, 1))
+    x = (levels / 255.0).astype(np.float32)
+    start = np.zeros((1, 6, 6, 9), np.float32)
+    start[..., 0:3] = [0.0, -30.0, -10.0]  # mixture logits
+    start[..., 3:6] = [0.5, 3.0, -1e3]  # means
+    start[..., 6:9] = [-2.0, 14.0, -7.0]  # log scales
+    parameters = tf.Variable(start)
+    likelihood = DiscretizedLogisticLikelihood(3)
+    optimizer = keras.optimizers.Adam(0.05)
+    losses = []
+    for _ in range(60):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(likelihood.distribution(tf.broadcast_to(parameters, (32, 6, 6, 9))).log_prob(x))
+        gradient = tape.gradient(loss, parameters)
+        assert np.isfinite(gradient.numpy()).all()
+        optimizer.apply_gradients([(gradient, parameters)])
+        losses.append(float(loss))
+    assert np.isfinite(parameters.numpy()).all()
+    assert losses[-1] < losses[0] - 10.0
+
+
 def test_discretized_logistic_mean_is_the_exact_mean_of_the_256_values():
     rng = np.random.default_rng(7)
     shape = (2, 2, 2, 3)

@@ -387,9 +387,31 @@ class CategoricalLikelihood(Likelihood):
         _check_unit_interval("categorical", x_min, x_max)
 
 
-def _log1mexp(t):
-    """log(1 - exp(-t)) for t > 0, accurate for small and large t (Maechler, 2012)."""
-    return tf.where(t < np.log(2.0), tf.math.log(-tf.math.expm1(-t)), tf.math.log1p(-tf.exp(-t)))
+def _log1mexp_from_log(log_t):
+    """log(1 - exp(-t)) from log t, t = exp(log_t) > 0: accurate, finite, with finite gradients.
+
+    Three regimes (Maechler, 2012, plus a series for small t): log t - t/2 + t^2/24 for
+    t < 1e-3 (error < t^4/2880, and no underflow of t however small: log t is given), log(-expm1(-t))
+    for t < log 2 and log1p(-exp(-t)) above. Each branch gets its input clipped to its own range,
+    so the branches `tf.where` does not select stay finite: a -inf or NaN there (log1p(-1) when
+    exp(-t) rounds to 1) would make the gradient NaN even though its value is never used.
+
+    Args:
+        log_t: float32 tensor, any finite values.
+
+    Returns:
+        log(1 - exp(-exp(log_t))), the shape of `log_t` (<= 0; -> log t as t -> 0, -> 0 as t grows).
+    """
+    small = log_t < np.log(1e-3)
+    t_small = tf.exp(tf.minimum(log_t, np.log(1e-3)))
+    series = log_t - t_small / 2.0 + tf.square(t_small) / 24.0
+    t = tf.exp(tf.clip_by_value(log_t, np.log(1e-3), 50.0))
+    t_middle = tf.minimum(t, np.log(2.0))
+    t_large = tf.maximum(t, np.log(2.0))
+    exact = tf.where(
+        t < np.log(2.0), tf.math.log(-tf.math.expm1(-t_middle)), tf.math.log1p(-tf.exp(-t_large))
+    )
+    return tf.where(small, series, exact)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -402,8 +424,11 @@ class DiscretizedLogisticLikelihood(Likelihood):
     [k / 255 - 1/510, k / 255 + 1/510]; the edge bins take the tails: P(0) = F(1/510) and
     P(255) = 1 - F(1 - 1/510). With a = (x - mu - 1/510) / s and b = (x - mu + 1/510) / s, an
     inner bin's log P = log(sigmoid(b) - sigmoid(a)) is computed exactly and stably as
-    log_sigmoid(b) + log_sigmoid(-a) + log(1 - exp(-(b - a))). The log scales are floored at
-    `min_log_scale`. A probability mass over the 256 values: bits/dim = nats / (D ln 2). Values
+    log_sigmoid(b) + log_sigmoid(-a) + log(1 - exp(-(b - a))), where b - a = 1 / (255 s) is
+    taken from the log scale, not as the difference of a and b (which cancels to 0 when the mean
+    is far from the bin). The log scales are floored at `min_log_scale`; the values and the
+    gradients stay finite for any finite parameters (log scales far above 0, means far outside
+    [0, 1], peaked mixture logits). A probability mass over the 256 values: bits/dim = nats / (D ln 2). Values
     between levels (dequantized data) are rounded to the nearest level; arrays must be float
     (uint8 arrays are not accepted: pass x / 255).
 
@@ -432,21 +457,25 @@ class DiscretizedLogisticLikelihood(Likelihood):
         pass
 
     def _mixture(self, parameters):
-        """Mixture log-weights, means and scales, each float32 `[B, H, W, C, M]`."""
+        """Mixture log-weights, means and floored log scales, each float32 `[B, H, W, C, M]`."""
         split = self._subpixel_parameters(parameters)
         logits, means, log_scales = tf.split(split, 3, axis=-1)
-        scales = tf.exp(tf.maximum(log_scales, self.min_log_scale))
-        return tf.nn.log_softmax(logits, axis=-1), means, scales
+        return tf.nn.log_softmax(logits, axis=-1), means, tf.maximum(log_scales, self.min_log_scale)
 
     def distribution(self, parameters):
-        log_weights, means, scales = self._mixture(parameters)
+        log_weights, means, log_scales = self._mixture(parameters)
+        # 1 / s rather than s: exp(-log s) underflows to 0 for huge log scales (a, b -> 0, the
+        # right limit, with zero gradient), where s would overflow to inf and x / inf has a NaN
+        # gradient.
+        inverse_scales = tf.exp(-log_scales)
+        log_bin_width = -np.log(255.0) - log_scales  # log(b - a), exact
 
         def subpixel_log_prob(x):
             index = _bin_index(x)[..., tf.newaxis]
             centered = index / 255.0 - means
-            a = (centered - 1.0 / 510.0) / scales
-            b = (centered + 1.0 / 510.0) / scales
-            inner = tf.math.log_sigmoid(b) + tf.math.log_sigmoid(-a) + _log1mexp(b - a)
+            a = (centered - 1.0 / 510.0) * inverse_scales
+            b = (centered + 1.0 / 510.0) * inverse_scales
+            inner = tf.math.log_sigmoid(b) + tf.math.log_sigmoid(-a) + _log1mexp_from_log(log_bin_width)
             log_bin = tf.where(
                 index < 0.5, tf.math.log_sigmoid(b), tf.where(index > 254.5, tf.math.log_sigmoid(-a), inner)
             )
@@ -456,12 +485,13 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     def mean(self, parameters):
         """The exact mean of the discretized mixture, E[k] / 255 = sum_{k=1}^{255} P(k' >= k) / 255."""
-        log_weights, means, scales = self._mixture(parameters)
+        log_weights, means, log_scales = self._mixture(parameters)
         weights = tf.exp(log_weights)
+        inverse_scales = tf.exp(-log_scales)
 
         def add_tail(k, total):
             # P(k' >= k) = 1 - F((k - 1/2) / 255) for each component.
-            tail = tf.math.sigmoid((means - (tf.cast(k, DISTRIBUTION_DTYPE) - 0.5) / 255.0) / scales)
+            tail = tf.math.sigmoid((means - (tf.cast(k, DISTRIBUTION_DTYPE) - 0.5) / 255.0) * inverse_scales)
             return k + 1, total + tail
 
         _, tails = tf.while_loop(
