@@ -109,6 +109,12 @@ def test_other_keras_backend_is_one_line():
     ]
 
 
+def _default_sigint() -> None:
+    """Gives a child process the terminal's SIGINT behaviour, whatever this process inherited (a
+    shell's `&` starts background jobs with SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_train_is_one_line_naming_the_resume_command(tmp_path):
     run_dir = tmp_path / "run"
@@ -116,6 +122,7 @@ def test_ctrl_c_during_train_is_one_line_naming_the_resume_command(tmp_path):
         [sys.executable, "-m", "tfvae", "train", "--epochs", "200", "--run-dir", str(run_dir), "--quiet",
          "--filters", "8"],
         env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.time() + 300
     metrics = run_dir / "metrics.csv"
@@ -261,10 +268,13 @@ def test_native_stderr_is_kept_back_unless_verbose(capfd):
 def test_ctrl_c_during_evaluate_is_one_line(run_dir, capsys):
     # A real SIGINT to this process while it evaluates (K = 5000 takes many seconds here).
     timer = threading.Timer(3.0, _thread.interrupt_main, args=(signal.SIGINT,))
+    # As in a terminal, whatever this process inherited (a shell's `&` starts jobs ignoring SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer.start()
     try:
         status, out, err = run_main(capsys, "evaluate", run_dir, "--samples", "5000", "--json")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert status == 130
     assert err == "tfvae: evaluate interrupted\n" and out == ""
