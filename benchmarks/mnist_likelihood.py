@@ -26,6 +26,8 @@ architecture is no `TrainConfig`, so it is trained by `fit` on the same `tfvae.t
 pipeline with mnist-vae's batch size, learning rate and epochs. Every entry is scored by the
 functions behind `tfvae evaluate RUN --dataset FILE` (`tfvae.evaluation`).
 
+Every chosen entry is trained before any is scored (`--train-only` stops there).
+
 Resumable. The results JSON (`--out`, default benchmarks/results/mnist_likelihood.json, meant to
 be committed) is written atomically after every step (training, each evaluation); a rerun skips
 the steps it holds. A trained model is kept in its run directory, so a rerun scores it without
@@ -96,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--subset-samples", type=int, default=5000, help="the large K on the subset (default: %(default)s)")
     parser.add_argument("--subset-size", type=int, default=1000, help="test images in the subset (default: %(default)s)")
     parser.add_argument("--eval-batch-size", type=int, default=100, help="examples per evaluation batch (default: %(default)s)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the entries (or finish their training) and stop before scoring them")
     parser.add_argument("--tiny", action="store_true", help="1 epoch, K = 20 / 50, a subset of 20: a smoke test")
     args = parser.parse_args(argv)
     args.presets = [name.strip() for name in args.presets.split(",") if name.strip()]
@@ -177,58 +181,69 @@ def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_
     return figures
 
 
-def run_entry(name: str, args, entry: dict, save) -> None:
-    """Runs the steps of one entry that `entry` (its part of the results) does not hold yet."""
-    run_dir = Path(args.out).with_suffix(".models") / name
-    config = entry_config(name, args, run_dir)
-    settings = {
-        "config": {key: (list(value) if isinstance(value, tuple) else value)
-                   for key, value in dataclasses.asdict(config).items() if key != "run_dir"},
-        "test_data": args.test_data, "samples": args.samples, "subset_samples": args.subset_samples,
-        "subset_size": args.subset_size, "tiny": args.tiny,
-    }
-    if entry.setdefault("settings", settings) != settings:
-        raise SystemExit(f"{args.out} holds results of {name} made with other settings; choose another --out "
-                         f"(stored: {json.dumps(entry['settings'])}; now: {json.dumps(settings)})")
-    if name != BASELINE:
-        entry.setdefault("description", get_preset(name).description)
-    else:
-        entry.setdefault("description", f"the keras.io example's networks (benchmarks/baselines.py), latent "
-                         f"{BASELINE_LATENT_DIM}, trained with mnist-vae's data, batch, learning rate and epochs")
+class Entry:
+    """One entry's settings and its part of the results, with the step runner that resumes."""
 
-    def step(key: str, compute) -> None:
-        if key in entry:
-            print(f"{name}: {key} done already, skipped", flush=True)
+    def __init__(self, name: str, args, results: dict, save):
+        self.name, self.args, self.save = name, args, save
+        self.run_dir = Path(args.out).with_suffix(".models") / name
+        self.config = entry_config(name, args, self.run_dir)
+        settings = {
+            "config": {key: (list(value) if isinstance(value, tuple) else value)
+                       for key, value in dataclasses.asdict(self.config).items() if key != "run_dir"},
+            "test_data": args.test_data, "samples": args.samples, "subset_samples": args.subset_samples,
+            "subset_size": args.subset_size, "tiny": args.tiny,
+        }
+        self.figures = results.setdefault(name, {})
+        if self.figures.setdefault("settings", settings) != settings:
+            raise SystemExit(f"{args.out} holds results of {name} made with other settings; choose another "
+                             f"--out (stored: {json.dumps(self.figures['settings'])}; now: {json.dumps(settings)})")
+        if name != BASELINE:
+            self.figures.setdefault("description", get_preset(name).description)
+        else:
+            self.figures.setdefault("description", f"the keras.io example's networks (benchmarks/baselines.py), "
+                                    f"latent {BASELINE_LATENT_DIM}, trained with mnist-vae's data, batch, "
+                                    "learning rate and epochs")
+
+    def step(self, key: str, compute) -> None:
+        """Computes and saves `figures[key]` unless a previous run did."""
+        if key in self.figures:
+            print(f"{self.name}: {key} done already, skipped", flush=True)
             return
-        entry[key] = compute()
-        save()
-        print(f"{name}: {key} = {json.dumps(entry[key])}", flush=True)
+        self.figures[key] = compute()
+        self.save()
+        print(f"{self.name}: {key} = {json.dumps(self.figures[key])}", flush=True)
 
-    trainer = train_baseline if name == BASELINE else train_preset
-    step("train", lambda: trainer(config, args.tiny))
-    needed = [key for key in ("parameters", "test", "active_units", "subset") if key not in entry]
-    if not needed:
-        print(f"{name}: every figure done already, skipped", flush=True)
-        return
-    vae = load_keras_file(run_dir / MODEL_FILE)
-    # The run's data settings decide how the test set is read (the baseline's are its config's).
-    data_config = config if name == BASELINE else load_run_config(run_dir)
-    held_out = held_out_of_run(data_config, args.test_data, "test", batch_size=args.eval_batch_size)
-    step("parameters", lambda: int(vae.count_params()))
-    step("test", lambda: evaluation(vae, held_out, args.samples, None, args.eval_batch_size))
-    step("active_units", lambda: {
-        key: value for key, value in diagnostic_fields(vae, held_out.data, SAMPLES_SEED).items()
-        if key in ("active_units", "latent_dim", "active_unit_threshold", "mutual_information")
-    })
+    def train(self) -> None:
+        trainer = train_baseline if self.name == BASELINE else train_preset
+        self.step("train", lambda: trainer(self.config, self.args.tiny))
 
-    def subset() -> dict:
-        large = evaluation(vae, held_out, args.subset_samples, args.subset_size, args.eval_batch_size)
-        small = evaluation(vae, held_out, args.samples, args.subset_size, args.eval_batch_size)
-        return {f"k{args.subset_samples}": large, f"k{args.samples}": small,
-                "gap_nats": small["iw_nll"] - large["iw_nll"],
-                "scored": first_examples(held_out, args.subset_size, args.eval_batch_size)[2]}
+    def score(self) -> None:
+        """The evaluation steps that the results do not hold yet."""
+        args = self.args
+        needed = [key for key in ("parameters", "test", "active_units", "subset") if key not in self.figures]
+        if not needed:
+            print(f"{self.name}: every figure done already, skipped", flush=True)
+            return
+        vae = load_keras_file(self.run_dir / MODEL_FILE)
+        # The run's data settings decide how the test set is read (the baseline's are its config's).
+        data_config = self.config if self.name == BASELINE else load_run_config(self.run_dir)
+        held_out = held_out_of_run(data_config, args.test_data, "test", batch_size=args.eval_batch_size)
+        self.step("parameters", lambda: int(vae.count_params()))
+        self.step("test", lambda: evaluation(vae, held_out, args.samples, None, args.eval_batch_size))
+        self.step("active_units", lambda: {
+            key: value for key, value in diagnostic_fields(vae, held_out.data, SAMPLES_SEED).items()
+            if key in ("active_units", "latent_dim", "active_unit_threshold", "mutual_information")
+        })
 
-    step("subset", subset)
+        def subset() -> dict:
+            large = evaluation(vae, held_out, args.subset_samples, args.subset_size, args.eval_batch_size)
+            small = evaluation(vae, held_out, args.samples, args.subset_size, args.eval_batch_size)
+            return {f"k{args.subset_samples}": large, f"k{args.samples}": small,
+                    "gap_nats": small["iw_nll"] - large["iw_nll"],
+                    "scored": first_examples(held_out, args.subset_size, args.eval_batch_size)[2]}
+
+        self.step("subset", subset)
 
 
 def main(argv=None) -> int:
@@ -247,8 +262,18 @@ def main(argv=None) -> int:
         write_json_atomic(out, results)
 
     started = time.perf_counter()
-    for name in args.presets:
-        run_entry(name, args, entries.setdefault(name, {}), save)
+    chosen = [Entry(name, args, entries, save) for name in args.presets]
+    # Every entry is trained before any is scored: a session's time goes to training first,
+    # and a later session (or `--train-only` now) scores the trained models.
+    for entry in chosen:
+        entry.train()
+    if args.train_only:
+        save()
+        print(f"trained {','.join(args.presets)} ({time.perf_counter() - started:.0f} s this session); "
+              "rerun without --train-only to score them", flush=True)
+        return 0
+    for entry in chosen:
+        entry.score()
     save()
     print(f"results in {out} ({time.perf_counter() - started:.0f} s this session)", flush=True)
     for name in args.presets:

@@ -1,5 +1,5 @@
-"""benchmarks/mnist_likelihood.py end to end in its tiny mode: every entry is trained and scored,
-the results file holds every figure, and a rerun redoes only what is missing."""
+"""benchmarks/mnist_likelihood.py end to end in its tiny mode: every entry is trained (--train-only
+stops there) and scored, the results file holds every figure, and a rerun redoes only what is missing."""
 
 from __future__ import annotations
 
@@ -34,8 +34,14 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
     out = tmp_path / "results.json"
     data = ["--train-data", tmp_path / "train", "--test-data", tmp_path / "test", "--out", out]
 
+    # --train-only trains every entry and scores none; the next run scores them without training.
+    trained = run_benchmark(*data, "--train-only")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    after_training = json.loads(out.read_text())["entries"]
+    assert all("train" in entry and "test" not in entry for entry in after_training.values())
     first = run_benchmark(*data)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("train done already, skipped") == len(after_training)
     results = json.loads(out.read_text())
     assert "1234" in results["protocol"]
     entries = results["entries"]
