@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -101,10 +103,49 @@ TWO_REPLICA_CHECKS = {
 }
 
 
+def computed_once(tmp_path_factory, worker_id: str, name: str, compute):
+    """`compute(folder)` once per test session, however many pytest-xdist workers ask for it.
+
+    The first worker to ask computes it in a folder shared by the session's workers and stores
+    the (JSON) result; the others wait on a file lock and read it. Without xdist ("master") it
+    is an ordinary session fixture's computation.
+
+    Args:
+        tmp_path_factory, worker_id: the fixtures of the same names.
+        name: the result's name, unique in the session.
+        compute: folder -> a JSON-serializable result.
+    """
+    if worker_id == "master":
+        return compute(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's
+    with _file_lock(shared / f"{name}.lock"):
+        stored = shared / f"{name}.json"
+        if stored.is_file():
+            return json.loads(stored.read_text())
+        folder = shared / name
+        folder.mkdir()
+        result = compute(folder)
+        stored.write_text(json.dumps(result))
+        return result
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on `path` (created) across processes, released on exit."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def two_replica_results() -> dict:
+def two_replica_results(tmp_path_factory, worker_id) -> dict:
     """The results of `TWO_REPLICA_CHECKS` (one `tests/mirrored_checks.py many` process), by name."""
-    return run_script("mirrored_checks.py", "many", "--replicas", 2, json.dumps(TWO_REPLICA_CHECKS), timeout=900)
+    return computed_once(tmp_path_factory, worker_id, "two_replica_results", lambda folder: run_script(
+        "mirrored_checks.py", "many", "--replicas", 2, json.dumps(TWO_REPLICA_CHECKS), timeout=900
+    ))
 
 
 def two_replica_result(results: dict, name: str) -> dict:
@@ -138,18 +179,23 @@ def load_benchmark(name: str):
 
 
 @pytest.fixture(scope="session")
-def default_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def default_run(tmp_path_factory, worker_id) -> tuple[Path, subprocess.CompletedProcess]:
     """The quick start, run once per session: `tfvae train --quiet`, no other argument, in an empty
     working directory (the defaults: 80 epochs on the built-in digits, about a minute).
 
     Returns:
         `(run directory, the completed process)`; the run is under `runs/` of the working directory.
     """
-    working_dir = tmp_path_factory.mktemp("quick-start")
-    completed = run_cli("train", "--quiet", cwd=working_dir)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (run_dir,) = (working_dir / "runs").iterdir()
-    return run_dir, completed
+
+    def quick_start(working_dir: Path) -> dict:
+        completed = run_cli("train", "--quiet", cwd=working_dir)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        (run_dir,) = (working_dir / "runs").iterdir()
+        return {"run_dir": str(run_dir), "args": completed.args, "stdout": completed.stdout,
+                "stderr": completed.stderr}
+
+    run = computed_once(tmp_path_factory, worker_id, "quick-start", quick_start)
+    return Path(run["run_dir"]), subprocess.CompletedProcess(run["args"], 0, run["stdout"], run["stderr"])
 
 
 @pytest.fixture(scope="session")

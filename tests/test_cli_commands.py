@@ -86,7 +86,7 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     result = json.loads(out)
     assert set(result) == {
         "run_dir", "checkpoint", "dataset", "source", "split", "scored", "binarization", "elbo", "iw_nll",
-        "num_samples", "num_examples", "data", "bits_per_dim_unavailable",
+        "num_samples", "num_examples", "data", "decode_precision", "bits_per_dim_unavailable",
         "active_units", "active_unit_threshold", "latent_dim", "kl_per_dimension",
         "mutual_information", "mutual_information_max", "mutual_information_examples",
     }
@@ -99,12 +99,25 @@ def test_evaluate_prints_json_for_scripts(latent_2d_run, capsys):
     assert result["mutual_information_examples"] == 180
     assert 0 <= result["mutual_information"] <= result["mutual_information_max"] == pytest.approx(np.log(180))
     assert 0 < result["iw_nll"] <= -result["elbo"] + 0.5
+    assert result["decode_precision"] == "float32"
+
+
+def test_evaluate_decodes_in_bfloat16_on_request(latent_2d_run, capsys):
+    arguments = ["evaluate", latent_2d_run, "--samples", "20", "--max-examples", "40", "--json"]
+    _, out, _ = run_main(capsys, *arguments)
+    status, out_bfloat16, _ = run_main(capsys, *arguments, "--decode-precision", "bfloat16")
+    assert status == 0
+    full, half = json.loads(out), json.loads(out_bfloat16)
+    assert (full["decode_precision"], half["decode_precision"]) == ("float32", "bfloat16")
+    # The same importance samples, decoded at another precision: close, not equal.
+    assert half["iw_nll"] != full["iw_nll"] and half["iw_nll"] == pytest.approx(full["iw_nll"], abs=0.05)
 
 
 def test_evaluate_prints_a_table(latent_2d_run, capsys):
     status, out, err = run_main(capsys, "evaluate", latent_2d_run, "--samples", "5", "--max-examples", "20", "--checkpoint", "best")
     assert status == 0
     assert "IW NLL, K=5 (nats/image)" in out and "examples" in out and " 20\n" in out
+    assert re.search(r"decode precision +float32\n", out)
     # The cost, before the progress bar: examples x K decodes and the time it should take.
     assert re.match(r"Scoring 20 examples x K=5 importance samples = 100 decodes: about \d+ s on this machine\.\n",
                     err), err
@@ -117,6 +130,7 @@ def test_evaluate_prints_a_table(latent_2d_run, capsys):
     [
         (["--samples", "6000"], "Expected --samples <= 5000. Received: 6000"),
         (["--dataset", "/no/such/file.npz"], "/no/such/file.npz"),
+        (["--decode-precision", "float16"], "argument --decode-precision: invalid choice: 'float16'"),
     ],
 )
 def test_evaluate_bad_input(latent_2d_run, capsys, args, message):

@@ -345,9 +345,9 @@ def test_importance_weighted_nll_chunks_count_the_parameters_per_subpixel():
     calls = []
     original = vae._chunk_log_weights
 
-    def counting(images, seed, num_samples, labels=None):
+    def counting(images, seed, num_samples, labels=None, bfloat16=False):
         calls.append(int(num_samples))
-        return original(images, seed, num_samples, labels)
+        return original(images, seed, num_samples, labels, bfloat16)
 
     vae._chunk_log_weights = counting
     images = np.zeros((4, 8, 8, 1), np.float32)

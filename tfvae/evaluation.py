@@ -83,7 +83,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_cost(vae, held_out: tf.data.Dataset, num_examples: int | None, num_samples: int, seed: int = 0) -> str:
+def estimate_cost(
+    vae, held_out: tf.data.Dataset, num_examples: int | None, num_samples: int, seed: int = 0,
+    decode_precision: str = "float32",
+) -> str:
     """Times the importance-weighted estimate on the first batch; says what the whole will cost.
 
     The first batch is scored twice with one chunk of K (the first call builds the compiled
@@ -96,6 +99,7 @@ def estimate_cost(vae, held_out: tf.data.Dataset, num_examples: int | None, num_
         num_examples: how many examples it holds, or None when unknown.
         num_samples: K, importance samples per example.
         seed: seed of the importance samples.
+        decode_precision: "float32" or "bfloat16", see `VAE.importance_weighted_nll`.
 
     Returns:
         One line: examples x K = decodes, and the estimated time.
@@ -104,9 +108,9 @@ def estimate_cost(vae, held_out: tf.data.Dataset, num_examples: int | None, num_
     batch = next(iter(first))
     batch_size = int((batch[0] if isinstance(batch, (list, tuple)) else batch).shape[0])
     samples = min(num_samples, max(1, _DECODES_PER_CHUNK // batch_size))
-    vae.importance_weighted_nll(first, num_samples=samples, seed=seed)
+    vae.importance_weighted_nll(first, num_samples=samples, seed=seed, decode_precision=decode_precision)
     started = time.perf_counter()
-    vae.importance_weighted_nll(first, num_samples=samples, seed=seed)
+    vae.importance_weighted_nll(first, num_samples=samples, seed=seed, decode_precision=decode_precision)
     seconds_per_decode = (time.perf_counter() - started) / (batch_size * samples)
     if num_examples is None:
         return (f"Scoring an unknown number of examples x K={num_samples:,} importance samples: about "
@@ -147,6 +151,7 @@ def score(
     max_examples: int | None = None,
     seed: int = 0,
     verbose: bool = False,
+    decode_precision: str = "float32",
 ) -> dict:
     """The ELBO and importance-weighted NLL of `vae` on held-out data, saying what was scored.
 
@@ -158,10 +163,12 @@ def score(
         max_examples: score only the first N examples.
         seed: seed of the importance samples.
         verbose: print the cost (see `estimate_cost`) to stderr, then show a progress bar.
+        decode_precision: "float32" (default) or "bfloat16": the precision of the IW-NLL's
+            decodes (`VAE.importance_weighted_nll`); the weights are float32 either way.
 
     Returns:
         `{"source", "split", "scored", "binarization", "elbo", "iw_nll", "num_samples",
-        "num_examples", "data"}`: `scored` says which examples in words (e.g. "all 500 examples
+        "num_examples", "data", "decode_precision"}`: `scored` says which examples in words (e.g. "all 500 examples
         of local file 'test.npz'"); per-image nats; `elbo` is a single-sample estimate; `data`
         is the `data_kind`; for a conditional model `num_classes` (its ELBO and NLL are those
         of p(x|y), given the data's labels); plus `bits_per_dim` where `bits_per_dim` defines it, else
@@ -176,8 +183,10 @@ def score(
         vae.check_data(data, "the evaluation data")
         elbo = vae.evaluate(data, verbose=0, return_dict=True)["elbo"]
         if verbose:
-            print(estimate_cost(vae, data, count, num_samples, seed), file=sys.stderr, flush=True)
-        nll = vae.importance_weighted_nll(data, num_samples=num_samples, seed=seed, verbose=verbose)
+            print(estimate_cost(vae, data, count, num_samples, seed, decode_precision), file=sys.stderr, flush=True)
+        nll = vae.importance_weighted_nll(
+            data, num_samples=num_samples, seed=seed, verbose=verbose, decode_precision=decode_precision
+        )
     result = {
         "source": held_out.source_description,
         "split": held_out.split,
@@ -188,6 +197,7 @@ def score(
         "num_samples": int(num_samples),
         "num_examples": int(len(nll)),
         "data": data_kind(data, held_out.dequantized),
+        "decode_precision": decode_precision,
     }
     num_classes = getattr(vae, "num_classes", None)
     if num_classes is not None:  # a conditional model: the NLL is -log p(x|y), given the data's labels
@@ -269,6 +279,7 @@ def evaluate_run(
     max_examples: int | None = None,
     seed: int = 0,
     verbose: bool = True,
+    decode_precision: str = "float32",
 ) -> dict:
     """Scores a run's model on held-out data.
 
@@ -288,6 +299,7 @@ def evaluate_run(
         seed: seed of the importance samples.
         verbose: print the cost (examples x K decodes and an estimate of the time, see
             `estimate_cost`) to stderr, then show a progress bar.
+        decode_precision: "float32" (default) or "bfloat16", see `score`.
 
     Returns:
         The fields of `score` (`source`, e.g. "local folder 'mnist'"; `split`; `scored`, the
@@ -308,7 +320,7 @@ def evaluate_run(
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "dataset": dataset or (
         config.test_dataset if split == "test" else config.dataset
     )}
-    result.update(score(vae, held_out, num_samples, batch_size, max_examples, seed, verbose))
+    result.update(score(vae, held_out, num_samples, batch_size, max_examples, seed, verbose, decode_precision))
     result.update(diagnostic_fields(vae, first_examples(held_out, max_examples, batch_size)[0], seed))
     return result
 
@@ -358,6 +370,7 @@ def format_table(result: dict) -> str:
         ("examples", str(result["num_examples"])),
         ("ELBO (nats/image)", f"{result['elbo']:.3f}"),
         (f"IW NLL{given}, K={result['num_samples']} (nats/image)", f"{result['iw_nll']:.3f}"),
+        ("decode precision", result.get("decode_precision", "float32")),
     ]
     if "bits_per_dim" in result:
         rows.append(("bits/dim", f"{result['bits_per_dim']:.4f}"))

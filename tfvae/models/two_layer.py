@@ -307,7 +307,7 @@ class TwoLayerVAE(VAE):
 
     def decoder_parameters(self, z, training: bool = False):
         """The likelihood's parameters `[B, H, W, C * P]` for z = [z1, z2] `[B, D1 + D2]` (reads z1)."""
-        return self.decoder(z[..., : self._latent_dims[0]], training=training)
+        return self.decoding_network()(z[..., : self._latent_dims[0]], training=training)
 
     def prior_distribution(self):
         """p(z1|z2) p(z2) over z = [z1, z2], a `TwoLayerPrior`; p(z2) is the `prior` seam's."""
