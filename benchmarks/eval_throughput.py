@@ -79,16 +79,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(run: Path, test_data: str, batch_size: int):
-    """The run's model and its test data, or an untrained mnist-vae when `run` holds no model."""
+    """The run's model and its test data, or an untrained mnist-vae (for the data's image shape)
+    when `run` holds no model."""
     if (run / MODEL_FILE).is_file():
         config = load_run_config(run)
-        vae, trained = load_keras_file(run / MODEL_FILE), str(run)
-    else:
-        config = preset_config("mnist-vae", dataset=test_data, seed=0)
-        vae = build_conv_vae((28, 28, 1), config.latent_dim, config.filters, hidden_units=config.hidden_units,
-                             likelihood=config_likelihood(config), prior=config_prior(config), seed=0)
-        trained = "an untrained mnist-vae (no model in --run)"
-    return vae, held_out_of_run(config, test_data, "test", batch_size=batch_size), trained
+        held_out = held_out_of_run(config, test_data, "test", batch_size=batch_size)
+        return load_keras_file(run / MODEL_FILE), held_out, str(run)
+    config = preset_config("mnist-vae", dataset=test_data, seed=0)
+    held_out = held_out_of_run(config, test_data, "test", batch_size=batch_size)
+    spec = held_out.data.element_spec
+    image_shape = tuple((spec[0] if isinstance(spec, tuple) else spec).shape[1:])
+    vae = build_conv_vae(image_shape, config.latent_dim, config.filters, hidden_units=config.hidden_units,
+                         likelihood=config_likelihood(config), prior=config_prior(config), seed=0)
+    return vae, held_out, "an untrained mnist-vae (no model in --run)"
 
 
 def main(argv=None) -> int:

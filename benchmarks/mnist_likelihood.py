@@ -18,6 +18,9 @@ with seed 1234:
     parameters         the model's parameter count
     test.seconds, test.decodes_per_second   the time of the K = 1000 evaluation (the ELBO pass
                        and the importance-weighted estimate) and examples x K / that time
+    decode_precision   of every evaluation: float32, or bfloat16 hidden decoder layers with
+                       `--decode-precision bfloat16` (the subset is then also scored in float32
+                       at K = 1000: subset.precision_shift_nats)
 
 Entries (`--presets`): every `tfvae.presets` preset, trained by `tfvae.training.train` (what
 `tfvae train --preset NAME` runs) into `<out>.models/<name>/`, a run directory; and `keras-io`,
@@ -98,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--subset-samples", type=int, default=5000, help="the large K on the subset (default: %(default)s)")
     parser.add_argument("--subset-size", type=int, default=1000, help="test images in the subset (default: %(default)s)")
     parser.add_argument("--eval-batch-size", type=int, default=100, help="examples per evaluation batch (default: %(default)s)")
+    parser.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32",
+                        help="precision of the evaluation's decodes (tfvae evaluate --decode-precision); "
+                        "each figure records it; with bfloat16 the subset is also scored in float32 at "
+                        "K = --samples, to measure the shift (default: %(default)s)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the entries (or finish their training) and stop before scoring them")
     parser.add_argument("--tiny", action="store_true", help="1 epoch, K = 20 / 50, a subset of 20: a smoke test")
@@ -169,12 +176,15 @@ def training_figures(num_train: int, epochs: int, seconds: float, epochs_this_se
     }
 
 
-def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_size: int) -> dict:
+def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_size: int,
+               decode_precision: str = "float32") -> dict:
     """`tfvae.evaluation.score` (ELBO and IW-NLL) with its time and decodes per second."""
     started = time.perf_counter()
-    result = score(vae, held_out, num_samples, batch_size, max_examples, seed=SAMPLES_SEED)
+    result = score(vae, held_out, num_samples, batch_size, max_examples, seed=SAMPLES_SEED,
+                   decode_precision=decode_precision)
     seconds = time.perf_counter() - started
-    keys = ("scored", "binarization", "elbo", "iw_nll", "num_samples", "num_examples", "bits_per_dim")
+    keys = ("scored", "binarization", "elbo", "iw_nll", "num_samples", "num_examples", "bits_per_dim",
+            "decode_precision")
     figures = {key: result[key] for key in keys if key in result}
     figures.update(seconds=round(seconds, 1),
                    decodes_per_second=round(result["num_examples"] * num_samples / seconds, 1))
@@ -230,18 +240,24 @@ class Entry:
         data_config = self.config if self.name == BASELINE else load_run_config(self.run_dir)
         held_out = held_out_of_run(data_config, args.test_data, "test", batch_size=args.eval_batch_size)
         self.step("parameters", lambda: int(vae.count_params()))
-        self.step("test", lambda: evaluation(vae, held_out, args.samples, None, args.eval_batch_size))
+        precision = args.decode_precision
+        self.step("test", lambda: evaluation(vae, held_out, args.samples, None, args.eval_batch_size, precision))
         self.step("active_units", lambda: {
             key: value for key, value in diagnostic_fields(vae, held_out.data, SAMPLES_SEED).items()
             if key in ("active_units", "latent_dim", "active_unit_threshold", "mutual_information")
         })
 
         def subset() -> dict:
-            large = evaluation(vae, held_out, args.subset_samples, args.subset_size, args.eval_batch_size)
-            small = evaluation(vae, held_out, args.samples, args.subset_size, args.eval_batch_size)
-            return {f"k{args.subset_samples}": large, f"k{args.samples}": small,
-                    "gap_nats": small["iw_nll"] - large["iw_nll"],
-                    "scored": first_examples(held_out, args.subset_size, args.eval_batch_size)[2]}
+            large = evaluation(vae, held_out, args.subset_samples, args.subset_size, args.eval_batch_size, precision)
+            small = evaluation(vae, held_out, args.samples, args.subset_size, args.eval_batch_size, precision)
+            figures = {f"k{args.subset_samples}": large, f"k{args.samples}": small,
+                       "gap_nats": small["iw_nll"] - large["iw_nll"],
+                       "scored": first_examples(held_out, args.subset_size, args.eval_batch_size)[2]}
+            if precision != "float32":  # the same samples decoded in float32: the precision's shift
+                full = evaluation(vae, held_out, args.samples, args.subset_size, args.eval_batch_size)
+                figures[f"k{args.samples}_float32"] = full
+                figures["precision_shift_nats"] = small["iw_nll"] - full["iw_nll"]
+            return figures
 
         self.step("subset", subset)
 

@@ -70,7 +70,7 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
     models = {name: (tmp_path / "results.models" / name / "model.keras").stat().st_mtime_ns for name in entries}
     del entries["mnist-vae"]["subset"], entries["mnist-vae"]["train"], entries["keras-io"]["test"]
     out.write_text(json.dumps(results))
-    again = run_benchmark(*data, "--presets", "mnist-vae,keras-io")
+    again = run_benchmark(*data, "--presets", "mnist-vae,keras-io", "--decode-precision", "bfloat16")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "keras-io: train done already, skipped" in again.stdout
     assert "mnist-vae: test done already, skipped" in again.stdout
@@ -78,6 +78,13 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
     assert set(rerun["mnist-vae"]) >= {"train", "subset"} and "test" in rerun["keras-io"]
     assert rerun["mnist-vae"]["train"]["epochs"] == 1  # recorded from the finished run's metrics.json
     assert rerun["mnist-vae"]["test"] == entries["mnist-vae"]["test"]
+    assert entries["mnist-best"]["test"]["decode_precision"] == "float32"  # the default
+    # The re-scored subset, decoded in bfloat16, is scored in float32 too: the shift is measured.
+    subset = rerun["mnist-vae"]["subset"]
+    assert subset["k50"]["decode_precision"] == subset["k20"]["decode_precision"] == "bfloat16"
+    assert subset["k20_float32"]["decode_precision"] == "float32"
+    assert subset["precision_shift_nats"] == pytest.approx(subset["k20"]["iw_nll"] - subset["k20_float32"]["iw_nll"])
+    assert 0 < abs(subset["precision_shift_nats"]) < 0.5
     assert rerun["mnist-best"] == entries["mnist-best"]
     assert {name: (tmp_path / "results.models" / name / "model.keras").stat().st_mtime_ns
             for name in entries} == models
