@@ -1,9 +1,11 @@
-"""tfvae.TwoLayerVAE: its bounds against a hand computation, the IW-NLL, training, saving, export, replicas."""
+"""tfvae.TwoLayerVAE: its bounds against a hand computation, the IW-NLL, training, saving, export, replicas,
+and `tfvae train --stochastic-layers 2` with the commands that read its run."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from conftest import cli_environment
+from conftest import cli_environment, run_main
 
 import tfvae
 from tfvae import export
@@ -352,3 +354,117 @@ def test_keras_tuner_searches_one_and_two_stochastic_layers(binary_digits, tmp_p
         assert math.isfinite(trial.score)
     with pytest.raises(ValueError, match="no free bits and no DReG with two stochastic layers"):
         VAEHyperModel((8, 8, 1), latent_dims=(2,), free_bits=(0.0, 0.5), stochastic_layers=(2,))
+
+
+# --------------------------------------------------------------------------- tfvae train --stochastic-layers 2
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"stochastic_layers": 3}, "Expected stochastic_layers to be 1 or 2. Received: stochastic_layers=3"),
+        ({"stochastic_layers": True}, "Expected stochastic_layers to be 1 or 2. Received: stochastic_layers=True"),
+        ({"top_latent_dim": 3}, "Expected top_latent_dim only with stochastic_layers=2"),
+        ({"stochastic_layers": 2, "top_latent_dim": 0}, "Expected top_latent_dim to be an integer >= 1 or None"),
+        ({"stochastic_layers": 2, "conditional": True}, "the two-layer model, tfvae.TwoLayerVAE, is not conditional"),
+        ({"stochastic_layers": 2, "free_bits": 0.5}, "Expected no free_bits with stochastic_layers=2"),
+        (
+            {"stochastic_layers": 2, "iw_samples": 3, "gradient_estimator": "dreg"},
+            "Expected gradient_estimator 'standard' with stochastic_layers=2",
+        ),
+    ],
+)
+def test_train_config_refuses_what_the_two_layer_model_refuses(settings, message):
+    from tfvae.config import TrainConfig  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**settings)
+
+
+def test_flags_config_files_and_presets_name_the_two_layer_model(tmp_path, capsys):
+    from tfvae.cli import build_parser, resolve_train_config  # noqa: PLC0415
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"stochastic-layers": 2, "top_latent_dim": 3}))
+    argv = ["train", "--preset", "mnist-vae", "--config", str(settings), "--latent-dim", "4"]
+    args = build_parser().parse_args(argv)
+    args.command_line = argv
+    config = resolve_train_config(args)
+    assert (config.stochastic_layers, config.latent_dim, config.top_latent_dim) == (2, 4, 3)
+    assert config.preset == "mnist-vae" and config.filters == (32, 64)  # the rest comes from the preset
+    status, _, err = run_main(capsys, "train", "--top-latent-dim", "3", "--run-dir", tmp_path / "run")
+    assert status == 2 and "Expected top_latent_dim only with stochastic_layers=2" in err
+    assert not (tmp_path / "run").exists()
+    status, _, err = run_main(capsys, "train", "--stochastic-layers", "3")
+    assert status == 2 and "invalid choice: 3" in err
+
+
+def test_a_run_config_builds_a_two_layer_model_with_its_parts():
+    from tfvae.config import TrainConfig  # noqa: PLC0415
+    from tfvae.models.two_layer import DEFAULT_HIDDEN_UNITS  # noqa: PLC0415
+    from tfvae.training import _run_model  # noqa: PLC0415
+
+    config = TrainConfig(stochastic_layers=2, latent_dim=3, top_latent_dim=2, filters=(4,), hidden_units=None,
+                         prior="mixture", prior_components=3, beta=0.5)
+    vae, initial_epoch = _run_model(config, (8, 8, 1), 10, None)
+    assert isinstance(vae, tfvae.TwoLayerVAE) and initial_epoch == 0
+    assert vae.latent_dims == (3, 2) and float(vae.beta) == 0.5 and vae.prior.components == 3
+    assert vae.z1_prior.get_layer("hidden").units == DEFAULT_HIDDEN_UNITS  # None: the builder's 300
+    vae, _ = _run_model(TrainConfig(stochastic_layers=2, latent_dim=3, filters=(4,)), (8, 8, 1), 10, None)
+    assert vae.latent_dims == (3, 3)  # top_latent_dim None: D2 = D1
+
+
+def test_pictures_of_a_two_layer_model_draw_z1_or_say_why_not(tmp_path):
+    from tfvae import pictures  # noqa: PLC0415
+
+    vae = _tiny()  # latent_dims (3, 2)
+    z = pictures.prior_latents(vae, 4, seed=[0, 1])
+    assert z.shape == (4, 5)
+    assert pictures.latent_traversal(vae, 2, z[:2], steps=3).shape == (6, 8, 8, 1)
+    with pytest.raises(ValueError, match=r"Expected a dimension of z1, in \[0, 3\).*Received: 3"):
+        pictures.latent_traversal(vae, 3, z[:2], steps=3)
+    flat = tfvae.build_conv_two_layer_vae((8, 8, 1), latent_dims=(1, 1), filters=(4,), hidden_units=8, seed=0)
+    with pytest.raises(ValueError, match=r"one stochastic layer and latent_dim == 2.*latent_dims=\(1, 1\)"):
+        pictures.save_manifold(flat, tmp_path / "manifold.png")
+    images = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+    pictures.save_interpolations(vae, images, tmp_path / "interpolations.png", steps=3)
+    assert (tmp_path / "interpolations.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cli_trains_evaluates_samples_exports_and_resumes_a_two_layer_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    status, out, err = run_main(
+        capsys, "train", "--stochastic-layers", "2", "--latent-dim", "2", "--top-latent-dim", "3",
+        "--filters", "8", "--hidden-units", "16", "--epochs", "1", "--batch-size", "64", "--quiet",
+        "--run-dir", run_dir,
+    )
+    assert status == 0, err
+    metrics = json.loads(out)
+    assert metrics["diagnostics"]["latent_dim"] == 5 and "latent_manifold.png" not in metrics["pictures"]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["stochastic_layers"], saved["latent_dim"], saved["top_latent_dim"]) == (2, 2, 3)
+    vae = keras.models.load_model(run_dir / "model.keras")
+    assert isinstance(vae, tfvae.TwoLayerVAE) and vae.latent_dims == (2, 3)
+
+    status, out, err = run_main(capsys, "evaluate", run_dir, "--json", "--samples", "50", "--max-examples", "100")
+    assert status == 0, err
+    scores = json.loads(out)
+    assert math.isfinite(scores["iw_nll"]) and math.isfinite(scores["elbo"]) and scores["num_examples"] == 100
+    assert scores["iw_nll"] <= -scores["elbo"] + 0.5  # K = 50 bounds -log p(x) more tightly than the ELBO
+    assert scores["latent_dim"] == 5 and scores["mutual_information"] is None
+
+    status, out, err = run_main(capsys, "sample", run_dir, "--traverse", "1", "--steps", "4", "--out", tmp_path / "z1.png")
+    assert status == 0 and (tmp_path / "z1.png").is_file(), err
+    status, _, err = run_main(capsys, "sample", run_dir, "--traverse", "2", "--out", tmp_path / "z2.png")
+    assert status == 2 and "Expected a dimension of z1, in [0, 2)" in err and not (tmp_path / "z2.png").exists()
+
+    status, out, err = run_main(capsys, "export", run_dir, tmp_path / "export")
+    assert status == 0, err
+    assert export.read_metadata(tmp_path / "export")["latent_dims"] == [2, 3]
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    assert loaded.decode(tf.zeros([2, 5]))["images"].shape == (2, 8, 8, 1)
+
+    status, out, err = run_main(capsys, "train", "--resume", run_dir, "--epochs", "2", "--quiet")
+    assert status == 0, err
+    resumed = json.loads(out)
+    assert (resumed["resumed_at_epoch"], resumed["epochs_completed"]) == (1, 2)
+    assert keras.models.load_model(run_dir / "model.keras").latent_dims == (2, 3)

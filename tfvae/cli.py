@@ -86,9 +86,11 @@ def _int_list(text: str) -> tuple[int, ...]:
 _TRAIN_SETTINGS = (
     ("--conditional", dict(action="store_true", help="train a conditional VAE (tfvae.ConditionalVAE) on the data's class labels: q(z|x,y), p(x|z,y); the data must have labels (see README, Conditional VAE)")),
     ("--class-prior", dict(choices=list(CLASS_PRIOR_NAMES), help="p(z|y) of --conditional: standard_normal (N(0, I) for every class) or learned (a Gaussian per class) (default: %(default)s)")),
-    ("--latent-dim", dict(type=_positive_int, help="size of z (default: %(default)s)")),
+    ("--stochastic-layers", dict(type=int, choices=[1, 2], help="1: a VAE; 2: a two-layer VAE (tfvae.TwoLayerVAE) p(x|z1) p(z1|z2) p(z2), --prior on z2, --posterior q(z2|x); not with --conditional, --free-bits or dreg (see README, Two stochastic layers) (default: %(default)s)")),
+    ("--latent-dim", dict(type=_positive_int, help="size of z; with --stochastic-layers 2, D1, the size of z1 (near the data) (default: %(default)s)")),
+    ("--top-latent-dim", dict(type=_positive_int, metavar="D2", help="size of z2, the top layer, with --stochastic-layers 2 (default: --latent-dim)")),
     ("--filters", dict(type=_int_list, help="encoder conv channels, comma-separated; the decoder mirrors them (default: 32,64)")),
-    ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder (default: none)")),
+    ("--hidden-units", dict(type=_positive_int, help="width of an extra dense layer in encoder and decoder; with --stochastic-layers 2 of every hidden dense layer (default: %(default)s)")),
     ("--likelihood", dict(choices=sorted(LIKELIHOOD_NAMES), help="p(x|z): bernoulli (data in [0, 1]), gaussian, gaussian_predicted_scale, continuous_bernoulli; for 8-bit images categorical or discretized_logistic (see README, Likelihoods) (default: %(default)s)")),
     ("--likelihood-components", dict(type=_positive_int, help="M, the logistics per sub-pixel of --likelihood discretized_logistic (default: 5)")),
     ("--posterior", dict(choices=sorted(POSTERIOR_NAMES), help="q(z|x): diagonal_gaussian, or iaf, an inverse autoregressive flow on it (Monte-Carlo KL; no --free-bits or dreg) (see README, Posteriors) (default: %(default)s)")),
@@ -328,7 +330,7 @@ def _add_sample_command(subparsers) -> None:
     parser.add_argument("--label", type=int, metavar="Y", help="a conditional run's class to draw (default: one row per class)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--interpolate", action="store_true", help="rows of straight lines in latent space between pairs of prior samples")
-    mode.add_argument("--traverse", type=_non_negative_int, metavar="DIM", help="rows that vary latent dimension DIM from -3 to 3, the others fixed")
+    mode.add_argument("--traverse", type=_non_negative_int, metavar="DIM", help="rows that vary latent dimension DIM from -3 to 3, the others fixed (a dimension of z1 for a two-layer run)")
     parser.add_argument("--steps", type=_positive_int, default=8, help="images per row for --interpolate and --traverse (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(handler=_run_sample)

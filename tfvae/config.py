@@ -153,9 +153,16 @@ class TrainConfig:
             (None for an unconditional run).
         class_prior: str. p(z|y) of a conditional run, a name in `CLASS_PRIOR_NAMES`:
             "standard_normal" (N(0, I) for every class) or "learned" (a Gaussian per class).
-        latent_dim: int. The size of z.
+        stochastic_layers: int. 1 (a `tfvae.VAE`, or a `tfvae.ConditionalVAE`) or 2 (a
+            `tfvae.TwoLayerVAE`: p(x|z1) p(z1|z2) p(z2), not conditional; no free bits, no DReG).
+        latent_dim: int. The size of z; with 2 stochastic layers, D1, the size of z1 (the layer
+            near the data).
+        top_latent_dim: int or None. D2, the size of z2 (the top layer, where the prior sits) of a
+            two-layer model; None: the same as latent_dim. Only with stochastic_layers=2.
         filters: tuple of ints. The encoder's conv channels; the decoder mirrors them.
-        hidden_units: int or None. An extra dense layer in encoder and decoder.
+        hidden_units: int or None. An extra dense layer in encoder and decoder (None: none); with
+            2 stochastic layers the width of every hidden dense layer (None: the builder's
+            default, `tfvae.models.two_layer.DEFAULT_HIDDEN_UNITS`, 300).
         likelihood: str. A name in `tfvae.distributions.LIKELIHOODS` ("bernoulli", "gaussian",
             "discretized_logistic", ...).
         likelihood_components: int or None. M, the mixture components of the
@@ -197,7 +204,9 @@ class TrainConfig:
     conditional: bool = False
     num_classes: int | None = None
     class_prior: str = "standard_normal"
+    stochastic_layers: int = 1
     latent_dim: int = 8
+    top_latent_dim: int | None = None
     filters: tuple[int, ...] = (32, 64)
     hidden_units: int | None = 256
     likelihood: str = "bernoulli"
@@ -237,6 +246,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+        self._check_stochastic_layers()
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(
                 f"Expected likelihood to be one of {list(LIKELIHOOD_NAMES)}. Received: likelihood={self.likelihood!r}"
@@ -309,6 +319,11 @@ class TrainConfig:
                 "Expected class_prior only with conditional=True (a prior per class needs labels). "
                 f"Received: class_prior={self.class_prior!r}, conditional=False"
             )
+        if self.conditional and self.stochastic_layers == 2:
+            raise ValueError(
+                "Expected stochastic_layers=1 with conditional=True (the two-layer model, tfvae.TwoLayerVAE, "
+                "is not conditional). Received: stochastic_layers=2, conditional=True"
+            )
         # `inf` passes `> 0` but makes the first step's loss NaN; reject it where it enters.
         if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
             raise ValueError(
@@ -321,6 +336,25 @@ class TrainConfig:
 
             get_preset(self.preset)  # raises for an unknown name
         check_objective_settings(self)
+
+    def _check_stochastic_layers(self) -> None:
+        """Raises ValueError for a bad stochastic_layers or top_latent_dim, or a two-layer model
+        asked to be conditional (free bits and DReG are refused by `check_objective_settings`)."""
+        if isinstance(self.stochastic_layers, bool) or not isinstance(self.stochastic_layers, int) or self.stochastic_layers not in (1, 2):
+            raise ValueError(
+                f"Expected stochastic_layers to be 1 or 2. Received: stochastic_layers={self.stochastic_layers!r}"
+            )
+        if self.top_latent_dim is None:
+            return
+        if isinstance(self.top_latent_dim, bool) or not isinstance(self.top_latent_dim, int) or self.top_latent_dim < 1:
+            raise ValueError(
+                f"Expected top_latent_dim to be an integer >= 1 or None. Received: top_latent_dim={self.top_latent_dim!r}"
+            )
+        if self.stochastic_layers != 2:
+            raise ValueError(
+                "Expected top_latent_dim only with stochastic_layers=2 (it is the size of z2). Received: "
+                f"top_latent_dim={self.top_latent_dim!r} with stochastic_layers={self.stochastic_layers!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "the configuration") -> TrainConfig:
@@ -348,7 +382,8 @@ def check_objective_settings(config) -> None:
 
     The importance-weighted bound (iw_samples > 1) has no separate KL term, so beta != 1, a KL
     schedule and free bits are refused with it; DReG is an estimator for iw_samples > 1. With
-    posterior "iaf" free bits and DReG are refused (q(z|x) neither factorizes nor is re-evaluable).
+    posterior "iaf" or with 2 stochastic layers free bits and DReG are refused (q(z|x) neither
+    factorizes nor is re-evaluable as one diagonal Gaussian).
     """
     if config.kl_schedule not in KL_SCHEDULES:
         raise ValueError(f"Expected kl_schedule in {list(KL_SCHEDULES)}. Received: kl_schedule={config.kl_schedule!r}")
@@ -390,6 +425,18 @@ def check_objective_settings(config) -> None:
             "Expected iw_samples > 1 with gradient_estimator='dreg' (an estimator of the importance-weighted "
             f"bound's gradient). Received: iw_samples={config.iw_samples}"
         )
+    if getattr(config, "stochastic_layers", 1) == 2:
+        # q(z1, z2|x) = q(z1|x, z2) q(z2|x) is not one diagonal Gaussian (as tfvae.TwoLayerVAE refuses).
+        if config.free_bits > 0:
+            raise ValueError(
+                "Expected no free_bits with stochastic_layers=2 (free bits need a per-dimension KL; the "
+                f"two-layer posterior does not factorize). Received: free_bits={config.free_bits!r}"
+            )
+        if config.gradient_estimator == "dreg":
+            raise ValueError(
+                "Expected gradient_estimator 'standard' with stochastic_layers=2 (DReG re-evaluates "
+                "log q(z|x) at a given z as one diagonal Gaussian). Received: gradient_estimator='dreg'"
+            )
     if getattr(config, "posterior", "diagonal_gaussian") == "iaf":
         # q(z|x) of a flow neither factorizes over dimensions nor can be re-evaluated at a given z.
         if config.free_bits > 0:

@@ -352,7 +352,7 @@ def diagnostic_rows(result: dict) -> list[tuple[str, str]]:
         rows.append(("KL per dimension (nats)", " ".join(f"{kl:.2f}" for kl in result["kl_per_dimension"])))
     rows.append((
         f"I(x; z) under q, N={result['mutual_information_examples']} (nats, <= log N = {result['mutual_information_max']:.2f})",
-        "n/a (flow posterior)" if result["mutual_information"] is None else f"{result['mutual_information']:.3f}",
+        "n/a (flow or two-layer posterior)" if result["mutual_information"] is None else f"{result['mutual_information']:.3f}",
     ))
     return rows
 

@@ -173,8 +173,9 @@ def latent_traversal(vae, dimension: int, base_z, steps: int = 10, span: float =
     """Decodes each row of `base_z` with z[dimension] swept over [-span, span].
 
     Args:
-        vae: a `tfvae.VAE`, or a `tfvae.ConditionalVAE` with `labels`.
-        dimension: int in [0, latent_dim).
+        vae: a `tfvae.VAE`, or a `tfvae.ConditionalVAE` with `labels`; or a `tfvae.TwoLayerVAE`,
+            whose decoder reads z1 only, the first D1 of its D1 + D2 dimensions.
+        dimension: int in [0, latent_dim), in [0, D1) for a `tfvae.TwoLayerVAE`.
         base_z: `[R, D]` latent points, one per row.
         steps: images per row.
         span: the sweep's end points.
@@ -184,11 +185,18 @@ def latent_traversal(vae, dimension: int, base_z, steps: int = 10, span: float =
         `[R * steps, H, W, C]` mean images, row-major.
 
     Raises:
-        ValueError: `dimension` outside [0, latent_dim).
+        ValueError: `dimension` outside [0, latent_dim), or outside z1 for a two-layer model.
     """
     if not 0 <= dimension < vae.latent_dim:
         raise ValueError(
             f"Expected a latent dimension in [0, {vae.latent_dim}). Received: {dimension}"
+        )
+    decoded = vae.latent_dims[0]  # the decoder of a two-layer model reads z1 only
+    if dimension >= decoded:
+        raise ValueError(
+            f"Expected a dimension of z1, in [0, {decoded}), for a model with stochastic layers of sizes "
+            f"{tuple(vae.latent_dims)}: the decoder reads z1 only, so sweeping z2 would change no image. "
+            f"Received: {dimension}"
         )
     base_z = np.asarray(base_z, np.float32)
     z = np.repeat(base_z, steps, axis=0)
@@ -200,10 +208,14 @@ def save_manifold(vae, path, size: int = 15) -> None:
     """For a 2-D latent space: decoded images on a grid of the prior's quantiles.
 
     Raises:
-        ValueError: the model's latent space is not 2-D.
+        ValueError: the model's latent space is not 2-D, or has two stochastic layers (a
+            `tfvae.TwoLayerVAE`, whose prior p(z1|z2) p(z2) has no such grid).
     """
-    if vae.latent_dim != 2:
-        raise ValueError(f"Expected a model with latent_dim == 2. Received: latent_dim={vae.latent_dim}")
+    if vae.latent_dim != 2 or len(vae.latent_dims) != 1:
+        raise ValueError(
+            "Expected a model with one stochastic layer and latent_dim == 2. Received: latent_dim="
+            f"{vae.latent_dim}, latent_dims={tuple(vae.latent_dims)}"
+        )
     quantiles = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, size)]
     grid = np.array([[x, y] for y in quantiles[::-1] for x in quantiles], np.float32)
     save_png(path, image_grid(decode_mean(vae, grid), columns=size, padding=0, scale=upscale_for(vae.image_shape)))

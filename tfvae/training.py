@@ -12,7 +12,7 @@ A run directory holds everything about one run:
     samples.png, reconstructions.png, interpolations.png, loss_curves.png
     style_transfer.png     for a conditional run: each row one image's z under every class
     latent_manifold.png, latent_scatter.png    when latent_dim == 2 (the scatter when labels exist;
-                           no manifold for a conditional run)
+                           no manifold for a conditional or two-layer run)
     kl_per_dimension.png   the KL of each latent dimension (posterior-collapse diagnostics)
     test_metrics.json      with a test set (`test_dataset`): the last model's scores on it
 
@@ -50,7 +50,8 @@ from tfvae.data.pipeline import source_short_name
 from tfvae.diagnostics import posterior_diagnostics
 from tfvae.distributions import get_likelihood, get_posterior, get_prior
 from tfvae.files import write_json_atomic
-from tfvae.models import build_conv_vae
+from tfvae.models import build_conv_two_layer_vae, build_conv_vae
+from tfvae.models.two_layer import DEFAULT_HIDDEN_UNITS
 from tfvae.objectives import ELBO, IWAE, CyclicalAnnealing, LinearWarmup
 
 #: Images in the sample, reconstruction and interpolation pictures.
@@ -291,7 +292,8 @@ def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
     one row per class, its reconstructions and interpolations are encoded under the images'
     labels (each interpolation decoded under its first image's label), and `style_transfer.png`
     shows one validation image of each class per row, then its z decoded under every class. Its
-    latent manifold is not drawn (it would take one per class).
+    latent manifold is not drawn (it would take one per class), nor is a two-layer model's
+    (`tfvae.TwoLayerVAE`: its prior p(z1|z2) p(z2) has no quantile grid).
 
     Args:
         vae: a trained `tfvae.VAE`.
@@ -321,7 +323,8 @@ def write_pictures(vae, run_dir: Path, images, labels, seed: int) -> list[str]:
         )
         written.append("interpolations.png")
     if vae.latent_dim == 2:
-        if not conditional:
+        # A manifold walks p(z)'s quantiles, which a two-layer model's p(z1|z2) p(z2) has not.
+        if not conditional and len(vae.latent_dims) == 1:
             pictures.save_manifold(vae, run_dir / "latent_manifold.png")
             written.append("latent_manifold.png")
         if labels is not None:
@@ -345,6 +348,9 @@ def _check_cache(cache) -> None:
 
 def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_dir: Path | None):
     """The model to train and its first epoch: a new one, or the one a resumed run continues.
+
+    A new model is a `tfvae.TwoLayerVAE` with latent_dims (latent_dim, top_latent_dim) when
+    `config.stochastic_layers == 2`, else a `tfvae.VAE` (a `tfvae.ConditionalVAE` when conditional).
 
     A resumed run with a backup (interrupted) gets a new model that `BackupAndRestore` fills in
     `fit`; a finished run (its backup removed at the end) continues from its model.keras; so does
@@ -375,20 +381,21 @@ def _run_model(config: TrainConfig, image_shape, steps_per_epoch: int, resume_di
         if not interrupted and finished_model.exists():
             # A finished run (its backup was removed at the end): extend it from its last model.
             return keras.models.load_model(finished_model), len(read_metrics_csv(resume_dir / "metrics.csv"))
-    # Only a conditional model takes labels (the model of `tfvae.models` with num_classes).
-    conditional = {"num_classes": config.num_classes, "class_prior": config.class_prior} if config.conditional else {}
-    vae = build_conv_vae(
-        image_shape,
-        config.latent_dim,
-        **conditional,
+    parts = dict(
         filters=config.filters,
-        hidden_units=config.hidden_units,
         likelihood=config_likelihood(config),
         posterior=config_posterior(config),
         prior=config_prior(config),
         objective=build_objective(config, steps_per_epoch),
         seed=config.seed,
     )
+    if config.stochastic_layers == 2:
+        latent_dims = (config.latent_dim, config.top_latent_dim or config.latent_dim)
+        hidden_units = config.hidden_units or DEFAULT_HIDDEN_UNITS  # the builder has no layer-free variant
+        return build_conv_two_layer_vae(image_shape, latent_dims, hidden_units=hidden_units, **parts), initial_epoch
+    # Only a conditional model takes labels (the model of `tfvae.models` with num_classes).
+    conditional = {"num_classes": config.num_classes, "class_prior": config.class_prior} if config.conditional else {}
+    vae = build_conv_vae(image_shape, config.latent_dim, **conditional, hidden_units=config.hidden_units, **parts)
     return vae, initial_epoch
 def write_diagnostics(vae, run_dir: Path, data, seed: int) -> tuple[dict, list[str]]:
     """The posterior-collapse diagnostics of `vae` on `data` and their bar chart.

@@ -25,6 +25,9 @@ from tfvae.models.validation import check_latent_dim
 
 tfd = tfp.distributions
 
+#: The width of the hidden Dense layers of `build_conv_two_layer_vae` (the HVAE's 300 units).
+DEFAULT_HIDDEN_UNITS = 300
+
 
 def _conditional_gaussian(network, inputs, leading_shape, latent_dim, training):
     """N(loc, softplus(raw_scale) + 1e-5) from `network` on inputs with leading axes `[..., B]`.
@@ -59,6 +62,11 @@ class TwoLayerPrior:
         self.top = top
         self.conditional = conditional
         self.latent_dims = tuple(latent_dims)
+
+    @property
+    def batch_shape(self) -> tf.TensorShape:
+        """`[]`: one distribution shared by every example (as a `tfd.Distribution` reports it)."""
+        return tf.TensorShape([])
 
     def log_prob(self, z):
         """log p(z1|z2) + log p(z2) for z `[..., D1 + D2]`; returns `[...]` float32."""
@@ -286,13 +294,18 @@ class TwoLayerVAE(VAE):
         z1 = bottom.mean() + bottom.stddev() * bottom_noise
         return tf.concat([z1, z2], axis=-1), bottom.log_prob(z1) + log_q2, None
 
-    def encode(self, images, training: bool = False):
+    def encode(self, images, labels=None, training: bool = False):
         """A diagonal Gaussian over [z1, z2], batch `[B]`, event `[D1 + D2]`: q(z1|x, z2) at z2 =
         q(z2|x)'s point, beside q(z2|x)'s base Gaussian (q(z2|x) itself unless it is a flow).
 
         Its mean is the model's embedding; it is not q(z1, z2|x), which is no Gaussian: use
-        `posterior_sample` for samples of the joint posterior with their log-densities.
+        `posterior_sample` for samples of the joint posterior with their log-densities. `labels`
+        must be None, as for `VAE.encode` (the pictures pass it for every model).
+
+        Raises:
+            ValueError: labels given (this model is not conditional).
         """
+        self._refuse_labels(labels, "encode")
         parameters, features = self._encode(images, training)
         top = self.posterior.base_distribution(parameters)
         bottom = self._bottom_posterior(features, self.posterior.point(parameters), training)
@@ -335,7 +348,7 @@ def build_conv_two_layer_vae(
     latent_dims: Sequence[int] = (40, 40),
     filters: Sequence[int] = (32, 64),
     kernel_size: int = 3,
-    hidden_units: int = 300,
+    hidden_units: int = DEFAULT_HIDDEN_UNITS,
     likelihood="bernoulli",
     prior="standard_normal",
     beta: float | None = None,
