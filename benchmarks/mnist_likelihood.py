@@ -191,6 +191,17 @@ def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_
     return figures
 
 
+def same_settings(stored: dict, now: dict) -> bool:
+    """Whether results stored with `stored` settings continue under `now`: equal, except that a
+    `TrainConfig` field added to tfvae since (absent from `stored`) must hold its default."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    added = set(now["config"]) - set(stored["config"])
+    if any(now["config"][key] != defaults.get(key, object()) for key in added):
+        return False
+    trimmed = {**now, "config": {key: value for key, value in now["config"].items() if key not in added}}
+    return trimmed == stored
+
+
 class Entry:
     """One entry's settings and its part of the results, with the step runner that resumes."""
 
@@ -205,7 +216,7 @@ class Entry:
             "subset_size": args.subset_size, "tiny": args.tiny,
         }
         self.figures = results.setdefault(name, {})
-        if self.figures.setdefault("settings", settings) != settings:
+        if not same_settings(self.figures.setdefault("settings", settings), settings):
             raise SystemExit(f"{args.out} holds results of {name} made with other settings; choose another "
                              f"--out (stored: {json.dumps(self.figures['settings'])}; now: {json.dumps(settings)})")
         if name != BASELINE:

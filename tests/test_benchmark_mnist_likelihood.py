@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, cli_environment
+from conftest import REPO_ROOT, cli_environment, load_benchmark
 from test_data_files import write_idx
 
 from tfvae.presets import PRESET_NAMES
@@ -99,3 +99,14 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
             module.main([*map(str, data), "--presets", "mnist-vae"])  # not --tiny
     finally:
         sys.path.remove(str(SCRIPT.parent))
+
+
+def test_results_continue_across_tfvae_versions_that_add_settings_at_their_defaults(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports benchmarks/baselines.py
+    module = load_benchmark("mnist_likelihood")
+    now = {"config": {"latent_dim": 32, "stochastic_layers": 1}, "samples": 1000}
+    stored = {"config": {"latent_dim": 32}, "samples": 1000}  # written before stochastic_layers existed
+    assert module.same_settings(stored, now) and module.same_settings(now, now)
+    assert not module.same_settings(stored, {**now, "config": {"latent_dim": 32, "stochastic_layers": 2}})
+    assert not module.same_settings(stored, {**now, "samples": 5000})
+    assert not module.same_settings(stored, {**now, "config": {"latent_dim": 16, "stochastic_layers": 1}})
