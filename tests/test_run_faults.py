@@ -6,6 +6,7 @@ and nothing half-written left, and must not block the retry of the corrected com
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,12 @@ import pytest
 from conftest import REPO_ROOT, cli_environment, run_main
 
 import tfvae
-from tfvae.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, CorruptBackupError
+from tfvae.callbacks import (
+    AtomicBackupAndRestore,
+    AtomicModelCheckpoint,
+    CorruptBackupError,
+    StopOnNonFiniteLoss,
+)
 from tfvae.cli import main
 from tfvae.files import write_json_atomic
 from tfvae.models import build_conv_vae
@@ -289,8 +295,8 @@ def test_infinite_learning_rate_flag(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-class _PoisonAtEpoch(keras.callbacks.TerminateOnNaN):
-    """TerminateOnNaN that first sets the posterior mean's bias to NaN when `EPOCH` begins."""
+class _PoisonAtEpoch(StopOnNonFiniteLoss):
+    """StopOnNonFiniteLoss that first sets the posterior mean's bias to NaN when `EPOCH` begins."""
 
     EPOCH = 0
 
@@ -303,11 +309,12 @@ class _PoisonAtEpoch(keras.callbacks.TerminateOnNaN):
 @pytest.mark.parametrize("nan_epoch", [0, 1])
 def test_the_nan_message_says_what_was_saved(tmp_path, capsys, monkeypatch, nan_epoch):
     monkeypatch.setattr(_PoisonAtEpoch, "EPOCH", nan_epoch)
-    monkeypatch.setattr(keras.callbacks, "TerminateOnNaN", _PoisonAtEpoch)
+    monkeypatch.setattr(tfvae.training, "StopOnNonFiniteLoss", _PoisonAtEpoch)
     run_dir = tmp_path / "run"
     status, out, err = run_main(capsys, "train", "--epochs", "3", "--run-dir", run_dir, *_SMALL)
     assert status == 1
-    assert json.loads(out[out.index("{"):])["stopped_on_nan"] is True  # after Keras's own NaN line
+    assert json.loads(out)["stopped_on_nan"] is True  # stdout holds the JSON result alone
+    assert re.search(r"^Batch \d+: the loss is nan; training stops\.$", err, re.MULTILINE), err
     line = _error_line(err)
     if nan_epoch == 0:
         assert line == ("tfvae: training stopped on a NaN or inf loss; no epoch finished with finite "

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -48,6 +49,28 @@ def save_model_atomic(model: keras.Model, path) -> None:
 
 def _all_finite(logs) -> bool:
     return all(math.isfinite(float(v)) for v in (logs or {}).values() if isinstance(v, (int, float)))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops `fit` after a batch whose loss is NaN or infinite, saying so on stderr.
+
+    `keras.callbacks.TerminateOnNaN` does the same but prints its line to stdout, which
+    `tfvae train` keeps for its JSON result (so that scripts can parse it whatever happened).
+
+    Args:
+        stream: where the one-line message goes (default: `sys.stderr` at the time of writing).
+    """
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            print(f"Batch {batch}: the loss is {float(loss)}; training stops.",
+                  file=self.stream or sys.stderr, flush=True)
+            self.model.stop_training = True
 
 
 class AtomicModelCheckpoint(keras.callbacks.Callback):

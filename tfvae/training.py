@@ -42,6 +42,7 @@ from tfvae.callbacks import (
     AtomicModelCheckpoint,
     ImageSummaries,
     MetricsCSVLogger,
+    StopOnNonFiniteLoss,
     read_metrics_csv,
 )
 from tfvae.config import DATA_FIELDS, TrainConfig, read_config_file  # noqa: F401 (defined there, TF-free)
@@ -519,7 +520,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     best = AtomicModelCheckpoint(run_dir / BEST_CHECKPOINT, monitor="val_loss")
     best.best = min((float(r["val_loss"]) for r in previous_rows if r.get("val_loss")), default=None)
     callbacks = [
-        keras.callbacks.TerminateOnNaN(),
+        StopOnNonFiniteLoss(),
         last_good,
         best,
         MetricsCSVLogger(run_dir / "metrics.csv", previous_rows),

@@ -30,6 +30,7 @@ import keras_tuner
 import tensorflow as tf
 
 from tfvae import pictures
+from tfvae.callbacks import StopOnNonFiniteLoss
 from tfvae.data.pipeline import source_short_name
 from tfvae.distributions import (
     get_likelihood,
@@ -637,7 +638,7 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
         data.train,
         validation_data=data.validation,
         epochs=config.train.epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
         verbose=verbose,
         shuffle=False,  # the training dataset reshuffles itself every epoch
     )
