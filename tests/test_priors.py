@@ -121,6 +121,36 @@ def test_vamp_log_prob_is_the_log_mean_exp_of_its_components():
     np.testing.assert_allclose(vae.prior_distribution().log_prob(z), by_hand, rtol=1e-5, atol=1e-5)
 
 
+def test_gaussian_mixture_log_prob_and_gradients_match_tfp_without_the_component_table():
+    from tfvae.distributions.priors import gaussian_mixture  # noqa: PLC0415
+
+    tfd = tfp.distributions
+    rng = np.random.default_rng(0)
+    components, dimensions = 50, 16
+    loc = tf.constant(rng.normal(size=(components, dimensions)) * 2, tf.float32)
+    scale = tf.constant(np.exp(rng.normal(size=(components, dimensions)) - 2), tf.float32)  # down to ~0.01
+    logits = tf.constant(rng.normal(size=components), tf.float32)
+    # Points far from every component and points at a component's mean, with leading axes [3, 40].
+    far = rng.normal(size=(3, 20, dimensions)) * 3
+    near = loc.numpy()[None, :20] + 0.1 * scale.numpy()[None, :20] * rng.normal(size=(3, 20, dimensions))
+    z = tf.constant(np.concatenate([far, near], 1), tf.float32)
+
+    def log_probs(mixture):
+        with tf.GradientTape() as tape:
+            tape.watch([loc, scale, logits])
+            value = mixture(logits, loc, scale).log_prob(z)
+            total = tf.reduce_sum(value)
+        return value, tape.gradient(total, [loc, scale, logits])
+
+    ours, our_gradients = log_probs(gaussian_mixture)
+    theirs, their_gradients = log_probs(lambda w, m, s: tfd.MixtureSameFamily(
+        tfd.Categorical(logits=w), tfd.MultivariateNormalDiag(loc=m, scale_diag=s)))
+    assert ours.shape == theirs.shape == (3, 40) and ours.dtype == tf.float32
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-3)  # values up to ~1e4 nats
+    for mine, reference in zip(our_gradients, their_gradients, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-3 * np.abs(reference).max())
+
+
 def test_vamp_with_images_as_pseudo_inputs_is_the_mean_of_their_posteriors(digits):
     (images, _), _ = digits
     chosen = images[:5]

@@ -719,13 +719,11 @@ class VAE(keras.Model):
         if not isinstance(data, tf.data.Dataset):
             data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
         self._prepare_evaluation_prior()
-        # log p(z) of a mixture prior holds `components * latent_dim` numbers per sample:
-        # counted in image-sized units against max_decodes, beside the decoded parameters (a
-        # single Gaussian's log p(z) is negligible beside a decode).
+        # log p(z) of a mixture prior holds a float64 `[samples, components]` table (see
+        # `DiagonalGaussianMixture`): counted in image-sized units against max_decodes, beside
+        # the decoded parameters (a single Gaussian's log p(z) is negligible beside a decode).
         components = self.prior.components
-        prior_width = (
-            -(-components * self.prior_latent_dim // int(np.prod(self.image_shape))) if components > 1 else 0
-        )
+        prior_width = -(-2 * components // int(np.prod(self.image_shape))) if components > 1 else 0
         total = data.cardinality().numpy()
         progress = keras.utils.Progbar(total if total >= 0 else None) if verbose else None
         results = []
