@@ -34,7 +34,8 @@ def resolve(argv: list[str]) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def small_slice(tmp_path_factory, digits):
-    """140 digit images as an .npz file: 126 training images, one step of a preset's batch of 128."""
+    """140 digit images as an .npz file: 117 training images (the presets hold out the last
+    sixth), one step of a preset's batch of 128."""
     (images, _), _ = digits
     path = tmp_path_factory.mktemp("slice") / "digits-slice.npz"
     np.savez(path, x_train=np.round(images[:140, ..., 0] * 255).astype(np.uint8))
@@ -52,6 +53,9 @@ def test_presets_are_documented_checked_configurations():
         for key, value in preset.settings.items():
             assert getattr(config, key) == value, key
     assert preset_config("mnist-vae").binarize == "dynamic"
+    for name in ("mnist-vae", "mnist-best"):  # MNIST's first 50,000 train, its last 10,000 validate
+        config = preset_config(name)
+        assert config.holdout == "last" and round(60_000 * config.validation_fraction) == 10_000
     best = preset_config("mnist-best")
     assert (best.prior, best.posterior, best.kl_schedule) == ("vamp", "iaf", "linear")
     assert best.latent_dim > preset_config("mnist-vae").latent_dim
@@ -70,7 +74,7 @@ def test_every_preset_trains_saves_loads_and_exports(name, small_slice, tmp_path
     config = preset_config(name, dataset=small_slice, epochs=1, run_dir=str(tmp_path / "run"))
     metrics = train(config, verbose=0)
     assert metrics["epochs_completed"] == 1 and not metrics["stopped_on_nan"]
-    assert metrics["num_train_examples"] == 126  # one step of 128
+    assert metrics["num_train_examples"] == 117  # one step of 128
     recorded = load_run_config(tmp_path / "run")
     assert recorded.preset == name
     assert dataclasses.replace(recorded, run_dir=config.run_dir) == config

@@ -17,8 +17,13 @@ MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 #: The TrainConfig fields that are arguments of `tfvae.data.load`.
 DATA_FIELDS = (
     "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "shuffle_buffer",
-    "dequantize", "test_dataset",
+    "dequantize", "test_dataset", "holdout",
 )
+#: How a source without a validation split holds its validation examples out of the training
+#: data (`tfvae.data.load`'s `holdout`): "random", a seeded random slice; "last", the last
+#: examples in stored order (the VampPrior paper's MNIST protocol: the first 50,000 train, the
+#: last 10,000 validate).
+HOLDOUT_MODES = ("random", "last")
 #: Examples in the training data's shuffle buffer (`tfvae.data.load`'s default).
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
@@ -144,9 +149,10 @@ class TrainConfig:
 
     Attributes:
         dataset, data_dir, binarize, threshold, image_size, channels, validation_fraction,
-            cache, shuffle_buffer, dequantize, test_dataset: the data, as the arguments of
-            `tfvae.data.load` (default: the built-in digits, as stored, no test set). A run with
-            a test_dataset scores it once, after training, into `test_metrics.json`.
+            cache, shuffle_buffer, dequantize, test_dataset, holdout: the data, as the arguments
+            of `tfvae.data.load` (default: the built-in digits, as stored, no test set, a random
+            held-out slice). A run with a test_dataset scores it once, after training, into
+            `test_metrics.json`.
         conditional: bool. Train on `(images, labels)` batches (`tfvae.data.load(...,
             labels=True)`): the data must have labels; the run records their num_classes.
         num_classes: int or None. The classes of a conditional run's data, recorded by the run
@@ -201,6 +207,7 @@ class TrainConfig:
     cache: str = "auto"
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     test_dataset: str | None = None
+    holdout: str = "random"
     conditional: bool = False
     num_classes: int | None = None
     class_prior: str = "standard_normal"
@@ -247,6 +254,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
         self._check_stochastic_layers()
+        if self.holdout not in HOLDOUT_MODES:
+            raise ValueError(
+                f"Expected holdout to be one of {list(HOLDOUT_MODES)}. Received: holdout={self.holdout!r}"
+            )
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(
                 f"Expected likelihood to be one of {list(LIKELIHOOD_NAMES)}. Received: likelihood={self.likelihood!r}"

@@ -259,6 +259,7 @@ def held_out_of_run(config, dataset: str | None = None, split: str | None = None
         dataset, split = config.dataset, "validation"
     settings = {name: getattr(config, name) for name in (
         "data_dir", "binarize", "threshold", "image_size", "channels", "validation_fraction", "cache", "dequantize",
+        "holdout",
     )}
     settings.update({key: value for key, value in overrides.items() if value is not None})
     if settings["binarize"] != "static":

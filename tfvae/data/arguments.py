@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 # TensorFlow-free, so that the command line parses its flags before TensorFlow is imported.
-from tfvae.config import DEFAULT_SHUFFLE_BUFFER
+from tfvae.config import DEFAULT_SHUFFLE_BUFFER, HOLDOUT_MODES
 
 if TYPE_CHECKING:
     from tfvae.data.pipeline import DataSplits
@@ -39,8 +39,8 @@ def _fraction(text: str) -> float:
 
 def add_data_arguments(parser: argparse.ArgumentParser, test_dataset: bool = True) -> None:
     """Adds `--dataset`, `--data-dir`, `--binarize`, `--threshold`, `--image-size`,
-    `--channels`, `--validation-fraction`, `--cache`, `--shuffle-buffer`, `--dequantize` and
-    (with `test_dataset`) `--test-dataset` to `parser`."""
+    `--channels`, `--validation-fraction`, `--holdout`, `--cache`, `--shuffle-buffer`,
+    `--dequantize` and (with `test_dataset`) `--test-dataset` to `parser`."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset", default="digits",
@@ -74,9 +74,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, test_dataset: bool = Tru
     )
     group.add_argument(
         "--validation-fraction", type=_fraction, default=0.1,
-        help="share of the training data held out (a seeded random choice) when the source has "
+        help="share of the training data held out (which slice: --holdout) when the source has "
         "no validation or test split; 0.16667 holds out 10,000 of MNIST's 60,000 "
         "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--holdout", choices=list(HOLDOUT_MODES), default="random",
+        help="which examples --validation-fraction holds out: random (a seeded random slice) or "
+        "last (the last ones in stored order: with --validation-fraction 0.16667, MNIST's first "
+        "50,000 train and its last 10,000 validate, as in the VampPrior paper; a tfds dataset "
+        "always holds out the last slice of its train split) (default: %(default)s)",
     )
     group.add_argument(
         "--cache", default="auto",
@@ -119,6 +126,7 @@ def load_from_arguments(args: argparse.Namespace, batch_size: int, seed: int) ->
         image_size=args.image_size,
         channels=args.channels,
         validation_fraction=args.validation_fraction,
+        holdout=args.holdout,
         cache=args.cache,
         shuffle_buffer=args.shuffle_buffer,
         seed=seed,

@@ -27,7 +27,7 @@ from tfvae.data.batching import (
     prepare_fn,
 )
 from tfvae.data.errors import translate_pipeline_errors
-from tfvae.data.sources import Source, digits_source, local_source, looks_like_path
+from tfvae.data.sources import Source, check_holdout, digits_source, local_source, looks_like_path
 from tfvae.data.tfds_source import UnknownDatasetError, tfds_source
 
 #: A source starting with it is a tensorflow-datasets name, even when a local path has that name.
@@ -185,6 +185,7 @@ def open_source(
     resizing: bool,
     channels: int | None,
     test: bool = False,
+    holdout: str = "random",
 ) -> Source:
     """Resolves `source` ('digits', a local path, a tfds name or `tfds:NAME`) to a `Source`.
 
@@ -193,6 +194,8 @@ def open_source(
     the `tfvae.data.pipeline` logger says which was used. `tfds:NAME` always means
     tensorflow-datasets. With `test`, the source is opened as a test set (see `local_source`
     and `tfds_source`); the built-in digits have none, and give their held-out slice.
+    `holdout` ("random" or "last") chooses the held-out slice of a local or built-in source;
+    a tfds dataset's held-out slice is always the last part of its train split.
 
     Raises:
         FileNotFoundError: a path that does not exist; tfds data not prepared without network.
@@ -203,10 +206,10 @@ def open_source(
     if source.startswith(TFDS_PREFIX):
         return tfds_source(source[len(TFDS_PREFIX):], data_dir, validation_fraction, seed, test)
     if source == "digits":
-        return digits_source(validation_fraction, seed)
+        return digits_source(validation_fraction, seed, holdout)
     path = Path(source).expanduser()
     if path.exists():
-        opened = local_source(path, validation_fraction, seed, resizing, channels, test)
+        opened = local_source(path, validation_fraction, seed, resizing, channels, test, holdout)
         if not looks_like_path(source):
             # The name could also be a tfds dataset's; asking tfds would cost its slow import.
             _logger.warning(
@@ -270,6 +273,7 @@ def load_held_out(
     seed: int = 0,
     dequantize: bool = False,
     labels: bool = False,
+    holdout: str = "random",
 ) -> HeldOutData:
     """Loads the examples to score a model on: a test set, or the validation split of `load`.
 
@@ -289,8 +293,8 @@ def load_held_out(
             fixed sample). A cache file path prefix counts as "auto": a training run's cache
             files hold other examples or another binarization, so held-out data is cached in
             memory when it fits, and never on disk.
-        validation_fraction, seed: the held-out slice of split="validation" (and of a test set
-            that has to be one), as `load`'s.
+        validation_fraction, seed, holdout: the held-out slice of split="validation" (and of a
+            test set that has to be one), as `load`'s.
         labels: bool. Batches of `(images, labels)`; a source without labels is a ValueError.
 
     Returns:
@@ -307,8 +311,9 @@ def load_held_out(
     check_dequantize(binarize, dequantize)
     check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
                    cache, max_cache_bytes, DEFAULT_SHUFFLE_BUFFER)
+    check_holdout(holdout)
     opened = open_source(source, data_dir, validation_fraction, seed, image_size is not None,
-                         channels, test=split == "test")
+                         channels, test=split == "test", holdout=holdout)
     cache = cache if cache in CACHE_MODES else "auto"
     if labels:
         _require_labels(opened)
@@ -349,6 +354,7 @@ def load(
     dequantize: bool = False,
     labels: bool = False,
     test_dataset: str | None = None,
+    holdout: str = "random",
 ) -> DataSplits:
     """Loads images from a tfds name, a local file or folder, or the built-in digits.
 
@@ -375,8 +381,8 @@ def load(
         image_size: `(height, width)`. Center-crop to this aspect ratio, then resize.
             celeb_a defaults to its central 148x148 face window resized to (64, 64).
         channels: 1 or 3 to convert images to (luminance, or gray repeated), None to keep.
-        validation_fraction: float in (0, 1). Held out (a seeded random slice of the
-            training data) only when the source has no validation or test split.
+        validation_fraction: float in (0, 1). Held out of the training data only when the
+            source has no validation or test split (which slice: `holdout`).
         cache: "auto" (in memory when the stored split takes at most `max_cache_bytes`),
             "memory", "none", or a file path prefix for an on-disk cache.
         max_cache_bytes: int. The limit of cache="auto".
@@ -395,6 +401,11 @@ def load(
             the test split of a tfds name (see `load_held_out`), with the same image settings
             and one fixed binarization (seed 1234). It becomes `DataSplits.test`; validation
             stays the split (or held-out slice) of `source`.
+        holdout: "random" (default: a seeded random slice of the training data is held out)
+            or "last" (its last examples in stored order; the VampPrior paper's MNIST protocol,
+            the first 50,000 train and the last 10,000 validate, is `holdout="last"`,
+            `validation_fraction=1/6`). A tfds dataset holds out the last slice of its train
+            split either way.
 
     Returns:
         A `DataSplits`.
@@ -423,8 +434,10 @@ def load(
     check_dequantize(binarize, dequantize)
     check_options(binarize, threshold, image_size, channels, batch_size, validation_fraction,
                    cache, max_cache_bytes, shuffle_buffer)
+    check_holdout(holdout)
     opened = open_source(
-        source, data_dir, validation_fraction, seed, image_size is not None, channels
+        source, data_dir, validation_fraction, seed, image_size is not None, channels,
+        holdout=holdout,
     )
     if labels:
         _require_labels(opened)
@@ -481,7 +494,7 @@ def load(
             test_dataset, split="test", batch_size=batch_size, data_dir=data_dir,
             binarize=binarize, threshold=threshold, image_size=settings["image_size"], channels=channels,
             validation_fraction=validation_fraction, cache=cache, max_cache_bytes=max_cache_bytes,
-            seed=seed, dequantize=dequantize, labels=labels,
+            seed=seed, dequantize=dequantize, labels=labels, holdout=holdout,
         )
         _check_test_set(test, image_shape, opened, labels)
     return DataSplits(

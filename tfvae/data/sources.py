@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfvae.config import HOLDOUT_MODES
 from tfvae.data.builtin import load_digits
 from tfvae.data.errors import DataError, marked_message
 from tfvae.data.idx import is_idx_images_name, matching_labels_file, read_idx
@@ -33,9 +34,33 @@ DATA_FILE_SUFFIXES = (".npz", ".npy", ".gz", *IMAGE_SUFFIXES)
 SOURCE_KINDS = ("built-in", "local file", "local folder", "tensorflow-datasets")
 #: `Source.held_out_split` values: what the held-out examples (`Source.validation`) are.
 #: "all": every image of the source (a test set); "test", "validation": a split of that name
-#: (a tfds split, the t10k file of an IDX folder, `x_test` of a .npz); "held-out": a seeded
-#: random slice of the training data.
+#: (a tfds split, the t10k file of an IDX folder, `x_test` of a .npz); "held-out": a slice of
+#: the training data (which one: `tfvae.config.HOLDOUT_MODES`).
 HELD_OUT_SPLITS = ("all", "test", "validation", "held-out")
+
+
+def check_holdout(holdout: str) -> str:
+    """Returns `holdout` if it is one of `HOLDOUT_MODES`.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if holdout not in HOLDOUT_MODES:
+        raise ValueError(f"Expected holdout to be one of {list(HOLDOUT_MODES)}. Received: holdout={holdout!r}")
+    return holdout
+
+
+def holdout_order(num_examples: int, split: int, seed: int, holdout: str) -> np.ndarray:
+    """The order of a source's examples before its first `split` train and the rest validate.
+
+    "random": one seeded permutation of all examples. "last": the stored order's last
+    `num_examples - split` examples are held out (in stored order), and the training part alone
+    is permuted with the seed, so that a sorted file still reaches the shuffle buffer mixed.
+    """
+    rng = np.random.default_rng(seed)
+    if check_holdout(holdout) == "random":
+        return rng.permutation(num_examples)
+    return np.concatenate([rng.permutation(split), np.arange(split, num_examples)])
 
 
 @dataclasses.dataclass
@@ -171,8 +196,9 @@ def array_source(
     validation_fraction: float,
     seed: int,
     held_out_split: str | None = None,
+    holdout: str = "random",
 ) -> Source:
-    """A `Source` from in-memory arrays, holding out a seeded random slice when no validation.
+    """A `Source` from in-memory arrays, holding out a slice of them when no validation.
 
     Args:
         name: the source's name, for messages.
@@ -183,19 +209,22 @@ def array_source(
         seed: int. The permutation applied before the hold-out split.
         held_out_split: what `validation` is, one of `HELD_OUT_SPLITS` (default: "test" when
             given, else "held-out").
+        holdout: one of `HOLDOUT_MODES`: which slice is held out when `validation` is None.
 
     Raises:
         ValueError: bad shapes, values, labels or fraction.
     """
     images, pixel_max = _standardize_images(train[0], name)
     labels = _standardize_labels(train[1], len(images), name)
-    # One fixed random order: the held-out slice is a random sample, and sorted files
-    # (all zeros first, ...) reach the shuffle buffer mixed.
-    order = np.random.default_rng(seed).permutation(len(images))
+    # One fixed order: the held-out slice is a random sample (or the last examples), and sorted
+    # files (all zeros first, ...) reach the shuffle buffer mixed.
+    split = len(images)
+    if validation is None:
+        split = holdout_split(len(images), validation_fraction, name)
+    order = holdout_order(len(images), split, seed, holdout if validation is None else "random")
     images = images[order]
     labels = None if labels is None else labels[order]
     if validation is None:
-        split = holdout_split(len(images), validation_fraction, name)
         train_images, validation_images = images[:split], images[split:]
         train_labels = None if labels is None else labels[:split]
         validation_labels = None if labels is None else labels[split:]
@@ -253,9 +282,9 @@ def array_test_source(
     )
 
 
-def digits_source(validation_fraction: float, seed: int) -> Source:
+def digits_source(validation_fraction: float, seed: int, holdout: str = "random") -> Source:
     """scikit-learn's 8x8 digits (built in, no network)."""
-    train, validation = load_digits(validation_fraction=validation_fraction, seed=seed)
+    train, validation = load_digits(validation_fraction=validation_fraction, seed=seed, holdout=holdout)
     return array_source(
         "digits", "built-in", train, validation, validation_fraction, seed, held_out_split="held-out"
     )
@@ -317,7 +346,9 @@ def _numpy_file_examples(path: Path):
     return (images, first("labels", "y")), None, None
 
 
-def numpy_file_source(path: Path, validation_fraction: float, seed: int, test: bool = False) -> Source:
+def numpy_file_source(
+    path: Path, validation_fraction: float, seed: int, test: bool = False, holdout: str = "random"
+) -> Source:
     """A `.npy` image array, or a `.npz` archive of images (and labels).
 
     `.npz` keys: `x_train` / `y_train` with `x_test` (or `x_val`) / `y_test` (the layout of
@@ -335,7 +366,7 @@ def numpy_file_source(path: Path, validation_fraction: float, seed: int, test: b
         return array_test_source(str(path), "local file", test_examples, test_split)
     return array_source(
         str(path), "local file", train, test_examples, validation_fraction, seed,
-        held_out_split=test_split,
+        held_out_split=test_split, holdout=holdout,
     )
 
 
@@ -351,17 +382,25 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return images, labels
 
 
-def idx_file_source(path: Path, validation_fraction: float, seed: int, test: bool = False) -> Source:
+def idx_file_source(
+    path: Path, validation_fraction: float, seed: int, test: bool = False, holdout: str = "random"
+) -> Source:
     """An IDX images file (its labels file beside it is used when present); all of it with `test`."""
     if test:
         return array_test_source(str(path), "local file", _read_idx_images(path), "all")
     return array_source(
-        str(path), "local file", _read_idx_images(path), None, validation_fraction, seed
+        str(path), "local file", _read_idx_images(path), None, validation_fraction, seed,
+        holdout=holdout,
     )
 
 
 def idx_folder_source(
-    folder: Path, images_files: list[Path], validation_fraction: float, seed: int, test: bool = False
+    folder: Path,
+    images_files: list[Path],
+    validation_fraction: float,
+    seed: int,
+    test: bool = False,
+    holdout: str = "random",
 ) -> Source:
     """A folder with MNIST's IDX files: `train-*` for training, `t10k-*` / `test-*` for validation.
 
@@ -371,7 +410,7 @@ def idx_folder_source(
         ValueError: several IDX image files that are not one train and one test file.
     """
     if len(images_files) == 1:
-        return idx_file_source(images_files[0], validation_fraction, seed, test)
+        return idx_file_source(images_files[0], validation_fraction, seed, test, holdout)
     train_files = [p for p in images_files if p.name.startswith("train")]
     test_files = [p for p in images_files if p.name.startswith(("t10k", "test"))]
     if len(train_files) != 1 or len(test_files) != 1:
@@ -443,6 +482,7 @@ def image_folder_source(
     resizing: bool,
     channels: int | None,
     test: bool = False,
+    holdout: str = "random",
 ) -> Source:
     """The PNG/JPEG images under `folder` (recursively), decoded on the fly (streaming).
 
@@ -452,11 +492,12 @@ def image_folder_source(
 
     Args:
         folder: the folder.
-        validation_fraction: float in (0, 1). Share of a seeded random permutation held out.
-        seed: int. Seed of that permutation.
+        validation_fraction: float in (0, 1). Share of the images held out.
+        seed: int. Seed of the permutation before the split.
         resizing: whether the pipeline resizes images (then their sizes may differ).
         channels: 1 or 3 to decode to, or None for the images' own (3 if any is in color).
         test: bool. Open the folder as a test set (no training examples).
+        holdout: one of `HOLDOUT_MODES`: a random slice, or the last images in sorted order.
 
     Raises:
         ValueError: no images, unreadable images, mixed sizes without `resizing`.
@@ -480,9 +521,9 @@ def image_folder_source(
     if test:
         split = 0
     else:
-        order = np.random.default_rng(seed).permutation(len(files))
-        paths, labels = paths[order], labels[order]
         split = holdout_split(len(files), validation_fraction, str(folder))
+        order = holdout_order(len(files), split, seed, holdout)
+        paths, labels = paths[order], labels[order]
     static_shape = (*size, channels) if size is not None else (None, None, channels)
 
     def files_dataset(selection):
@@ -571,6 +612,7 @@ def local_source(
     resizing: bool,
     channels: int | None,
     test: bool = False,
+    holdout: str = "random",
 ) -> Source:
     """The source for an existing local path: .npz/.npy, IDX file, IDX folder or image folder.
 
@@ -590,17 +632,17 @@ def local_source(
     if path.is_dir():
         idx_files = sorted(p for p in path.iterdir() if p.is_file() and is_idx_images_name(p))
         if idx_files and not _list_images(path):
-            return idx_folder_source(path, idx_files, validation_fraction, seed, test)
-        return image_folder_source(path, validation_fraction, seed, resizing, channels, test)
+            return idx_folder_source(path, idx_files, validation_fraction, seed, test, holdout)
+        return image_folder_source(path, validation_fraction, seed, resizing, channels, test, holdout)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
-        return numpy_file_source(path, validation_fraction, seed, test)
+        return numpy_file_source(path, validation_fraction, seed, test, holdout)
     if suffix in IMAGE_SUFFIXES:
         raise ValueError(
             "Expected a folder of images, a .npz/.npy file or an IDX file. Received: the single "
             f"image '{path}'; pass its folder instead."
         )
-    return idx_file_source(path, validation_fraction, seed, test)
+    return idx_file_source(path, validation_fraction, seed, test, holdout)
 
 
 #: tensorflow-datasets names: `name`, `name/config`, `name:version`, `name/config:version`.
