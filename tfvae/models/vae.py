@@ -513,9 +513,8 @@ class VAE(keras.Model):
         if check_decode_precision(decode_precision) == "float32":
             return False
         held = self._evaluation_decoder
-        if held.copy is None:
+        if held.copy is None:  # a view: it reads the decoder's current variables at each call
             held.copy = bfloat16_copy(self.decoder)
-        held.copy.set_weights(self.decoder.get_weights())
         return True
 
     @contextlib.contextmanager
@@ -698,11 +697,12 @@ class VAE(keras.Model):
                 image), so memory stays bounded whatever the likelihood.
             seed: int. Seed of the stateless noise: the same seed gives the same estimate.
             verbose: bool. Show a Keras progress bar over the batches.
-            decode_precision: "float32" (default) or "bfloat16": decode the samples with a copy
-                of the decoder whose hidden layers compute in bfloat16 (its output layer, the
-                likelihood, prior, posterior and the importance weights stay float32). Faster
-                on CPUs with AVX512-BF16; it moves the estimate by the activations' rounding
-                (`benchmarks/eval_throughput.py` measures both).
+            decode_precision: "float32" (default) or "bfloat16": decode the samples with a view
+                of the decoder computing every layer in bfloat16 (`tfvae.models.precision`; its
+                output cast to float32; the likelihood's log-probabilities, prior, posterior and
+                the importance weights stay float32). Much faster on CPUs with AMX or
+                AVX512-BF16; it moves the estimate by the rounding (`benchmarks/eval_throughput.py`
+                measures both).
 
         Returns:
             float64 array `[N]` of -log p(x) estimates in nats (take `.mean()` for the data set).
