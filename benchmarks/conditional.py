@@ -53,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from binarization import EVALUATION_SEED, binarized_once, dynamically_binarized  # noqa: E402
 
 from tfvae.data.idx import read_idx  # noqa: E402
 from tfvae.files import write_json_atomic  # noqa: E402
@@ -64,7 +64,6 @@ TRAIN_IMAGES = SHARED_DATA / "mnist-train" / "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = SHARED_DATA / "mnist-train" / "train-labels-idx1-ubyte.gz"
 TEST_IMAGES = SHARED_DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = SHARED_DATA / "mnist-t10k" / "t10k-labels-idx1-ubyte.gz"
-EVALUATION_SEED = 1234
 STEPS = ("unconditional", "conditional", "sample_accuracy")
 
 
@@ -130,31 +129,6 @@ def read_split(images_path: Path, labels_path: Path, subset: int | None) -> tupl
     return (images[:subset], labels[:subset]) if subset else (images, labels)
 
 
-def dynamically_binarized(images: np.ndarray, labels: np.ndarray | None, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shuffled batches of Bernoulli(k / 255) draws, fresh every epoch; with `(images, labels)`
-    pairs when labels are given."""
-    elements = images if labels is None else (images, labels)
-    dataset = tf.data.Dataset.from_tensor_slices(elements).shuffle(len(images), seed=seed).batch(batch_size)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-
-    def binarize(batch, batch_seed):
-        gray = tf.cast(batch, tf.float32) / 255.0
-        uniform = tf.random.stateless_uniform(tf.shape(gray), tf.stack([batch_seed, tf.constant(2, tf.int64)]))
-        return tf.cast(uniform < gray, tf.float32)
-
-    if labels is None:
-        return tf.data.Dataset.zip((dataset, batch_seeds)).map(binarize).prefetch(tf.data.AUTOTUNE)
-    return tf.data.Dataset.zip((dataset, batch_seeds)).map(
-        lambda pair, batch_seed: (binarize(pair[0], batch_seed), pair[1])
-    ).prefetch(tf.data.AUTOTUNE)
-
-
-def binarized_once(images: np.ndarray) -> np.ndarray:
-    """The test images binarized once: pixel ~ Bernoulli(k / 255) with `EVALUATION_SEED`."""
-    uniform = np.random.default_rng(EVALUATION_SEED).uniform(size=images.shape)
-    return (uniform < images / 255.0).astype(np.float32)
-
-
 def trained_model(settings: Settings, data: Data, conditional: bool, model_path: Path):
     """The model of a step: reloaded from `model_path`, or trained and saved there.
 
@@ -170,7 +144,7 @@ def trained_model(settings: Settings, data: Data, conditional: bool, model_path:
     vae.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
     labels = data.train_labels if conditional else None
     started = time.perf_counter()
-    vae.fit(dynamically_binarized(data.train_images, labels, settings.batch_size, settings.seed),
+    vae.fit(dynamically_binarized(data.train_images, settings.batch_size, settings.seed, labels),
             epochs=settings.epochs, verbose=0)
     seconds = time.perf_counter() - started
     model_path.parent.mkdir(parents=True, exist_ok=True)

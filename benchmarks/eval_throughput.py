@@ -8,7 +8,7 @@ with K = `--samples` in every configuration:
 
     float32            `importance_weighted_nll`'s default (max_decodes 20,000 per chunk)
     float32-chunk50k   float32 with max_decodes 50,000
-    bfloat16           `decode_precision="bfloat16"`: hidden decoder layers in bfloat16
+    bfloat16           `decode_precision="bfloat16"`: the decoder's bfloat16 view
     bfloat16-chunk50k  the same with max_decodes 50,000
 
 All use the same importance samples (the same seed), so the estimates differ only by the

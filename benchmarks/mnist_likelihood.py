@@ -18,7 +18,7 @@ never to choose a model: the last model is scored. It is scored on the 10,000 te
     parameters         the model's parameter count
     test.seconds, test.decodes_per_second   the time of the K = 1000 evaluation (the ELBO pass
                        and the importance-weighted estimate) and examples x K / that time
-    decode_precision   of every evaluation: float32, or bfloat16 hidden decoder layers with
+    decode_precision   of every evaluation: float32, or the decoder's bfloat16 view with
                        `--decode-precision bfloat16` (the subset is then also scored in float32
                        at K = 1000: subset.precision_shift_nats)
 

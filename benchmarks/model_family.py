@@ -69,6 +69,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from binarization import EVALUATION_SEED, binarized_once, dynamically_binarized  # noqa: E402
 
 from tfvae.data.idx import read_idx  # noqa: E402
 from tfvae.data.preprocessing import uniform_dequantize  # noqa: E402
@@ -80,7 +81,6 @@ from tfvae.models import build_conv_vae  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_IMAGES = SHARED_DATA / "mnist-train" / "train-images-idx3-ubyte.gz"
 TEST_IMAGES = SHARED_DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
-EVALUATION_SEED = 1234
 EIGHT_BIT_VARIANTS = ("gaussian", "discretized_logistic", "categorical")
 ALL_EIGHT_BIT_VARIANTS = (*EIGHT_BIT_VARIANTS, "gaussian_predicted_scale", "continuous_bernoulli")
 #: Variant of the priors section -> the (prior, posterior) pair it trains.
@@ -200,25 +200,6 @@ def eight_bit_section(settings: Settings, args, record) -> None:
     test = read_eight_bit_images(args.test_images, settings.test_subset)
     for variant in args.variants:
         record("eight_bit", variant, lambda path, variant=variant: run_eight_bit_variant(variant, settings, train, test, path))
-
-
-def dynamically_binarized(images: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shuffled batches of Bernoulli(k / 255) draws, fresh every epoch (dynamic binarization)."""
-    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=seed).batch(batch_size)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-
-    def binarize(batch, batch_seed):
-        gray = tf.cast(batch, tf.float32) / 255.0
-        uniform = tf.random.stateless_uniform(tf.shape(gray), tf.stack([batch_seed, tf.constant(2, tf.int64)]))
-        return tf.cast(uniform < gray, tf.float32)
-
-    return tf.data.Dataset.zip((dataset, batch_seeds)).map(binarize).prefetch(tf.data.AUTOTUNE)
-
-
-def binarized_once(images: np.ndarray) -> np.ndarray:
-    """The test images binarized once: pixel ~ Bernoulli(k / 255) with `EVALUATION_SEED`."""
-    uniform = np.random.default_rng(EVALUATION_SEED).uniform(size=images.shape)
-    return (uniform < images / 255.0).astype(np.float32)
 
 
 def run_prior_variant(variant: str, settings: Settings, train: np.ndarray, test: np.ndarray,

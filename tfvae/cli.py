@@ -278,7 +278,7 @@ def _add_evaluate_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="examples per batch (default: %(default)s)")
     parser.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N examples (quicker; default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
-    parser.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32", help="precision of the decoder's hidden layers in the importance-weighted estimate; bfloat16 is faster on CPUs with AVX512-BF16 and moves the estimate slightly (README, Evaluation speed); the weights are float32 either way (default: %(default)s)")
+    parser.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32", help="precision of the decoder in the importance-weighted estimate; bfloat16 is faster on CPUs with AMX or AVX512-BF16 and moves the estimate slightly (README, Evaluation speed); the importance weights are float32 either way (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_run_evaluate)
 
