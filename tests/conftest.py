@@ -170,7 +170,13 @@ def assert_one_step_equals_one_device(result: dict) -> None:
 
 
 def load_benchmark(name: str):
-    """benchmarks/NAME.py as a module (benchmarks/ is not a package), to call its functions here."""
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package), to call its functions here.
+
+    benchmarks/ goes on `sys.path`, as for a script run from there, so that the script's imports
+    of its sibling modules (`baselines`, `binarization`) work."""
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

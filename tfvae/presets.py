@@ -61,13 +61,11 @@ PRESETS: dict[str, Preset] = {
                 "prior": "mixture",
                 "epochs": 25,
             },
-            notes="Measured on this project's 2-core CPU, 8 epochs of this network on the 60,000 "
-            "training images reached a test IW-NLL (K = 1000, first 1,000 test images) of 89.22 "
-            "nats with the standard normal prior and 88.60 with the 10-component mixture prior, "
-            "at about 55 s per epoch; 25 epochs are chosen to fit the 30-minute budget. float32: "
-            "mixed_bfloat16 trained the default network 1.45x faster but ended 0.4 nats worse. "
-            "The 25-epoch figure is unmeasured until benchmarks/results/mnist_likelihood.json "
-            "records it.",
+            notes="On MNIST's first 50,000 training images (the last 10,000 validate) 25 epochs "
+            "trained in 511 s on this project's 2-core CPU (2,446 images/s), well inside the "
+            "30-minute budget. float32: mixed_bfloat16 trains faster on this CPU but ends worse "
+            "(benchmarks/precision.py). Test IW-NLL and the rest: benchmarks/results/"
+            "mnist_likelihood.json and the README's MNIST likelihood benchmark.",
         ),
         Preset(
             name="mnist-best",
@@ -86,14 +84,14 @@ PRESETS: dict[str, Preset] = {
             },
             notes="The VampPrior (500 pseudo-inputs) and an inverse autoregressive flow posterior "
             "(2 steps) on a larger latent space, with a 10-epoch linear KL warm-up that keeps "
-            "latent units active. An epoch of the 54,000 training images took about 63 s on this "
-            "machine (the VampPrior encodes its 500 pseudo-inputs every step), so 60 epochs fit "
-            "the 90-minute budget with room for a loaded machine. float32, as mnist-vae. Measured "
-            "figures: benchmarks/results/mnist_likelihood.json.",
+            "latent units active. 60 epochs of MNIST's first 50,000 training images trained in "
+            "2,899 s (48 min, 1,035 images/s, partly beside other jobs) on this project's 2-core "
+            "CPU: inside the 90-minute budget (the VampPrior encodes its 500 pseudo-inputs every "
+            "step). float32, as mnist-vae. Test IW-NLL and the rest: benchmarks/results/"
+            "mnist_likelihood.json and the README's MNIST likelihood benchmark.",
         ),
-        # --- Two-layer preset (issue 15): add the two-stochastic-layer preset here (for example
-        # "mnist-two-layer", VampPrior on z2) once tfvae.TwoLayerVAE is merged and TrainConfig
-        # has a field that chooses it; then list it in README "Presets".
+        # A two-stochastic-layer preset (e.g. "mnist-two-layer", VampPrior on z2) is not here yet:
+        # it is to be added once its training has been measured.
     )
 }
 
