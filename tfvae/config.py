@@ -28,6 +28,17 @@ HOLDOUT_MODES = ("random", "last")
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
 
+def check_holdout(holdout) -> str:
+    """Returns `holdout` if it is one of `HOLDOUT_MODES`.
+
+    Raises:
+        ValueError: any other value, naming the choices.
+    """
+    if holdout not in HOLDOUT_MODES:
+        raise ValueError(f"Expected holdout to be one of {list(HOLDOUT_MODES)}. Received: holdout={holdout!r}")
+    return holdout
+
+
 def check_mixed_precision(policy: str | None) -> str | None:
     """Returns `policy` if it is None or one of `MIXED_PRECISION_POLICIES`.
 
@@ -254,10 +265,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
         self._check_stochastic_layers()
-        if self.holdout not in HOLDOUT_MODES:
-            raise ValueError(
-                f"Expected holdout to be one of {list(HOLDOUT_MODES)}. Received: holdout={self.holdout!r}"
-            )
+        check_holdout(self.holdout)
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(
                 f"Expected likelihood to be one of {list(LIKELIHOOD_NAMES)}. Received: likelihood={self.likelihood!r}"

@@ -1,8 +1,27 @@
-"""Built-in data that needs no network: scikit-learn's handwritten digits."""
+"""Built-in data that needs no network (scikit-learn's handwritten digits), and the order
+in which a source holds its validation slice out (`holdout_order`)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from tfvae.config import check_holdout
+
+
+def holdout_order(num_examples: int, split: int, seed: int, holdout: str) -> np.ndarray:
+    """The order of a source's examples before its first `split` train and the rest validate.
+
+    "random": one seeded permutation of all examples. "last": the stored order's last
+    `num_examples - split` examples are held out (in stored order), and the training part alone
+    is permuted with the seed, so that a sorted file still reaches the shuffle buffer mixed.
+
+    Raises:
+        ValueError: a holdout not in `tfvae.config.HOLDOUT_MODES`.
+    """
+    rng = np.random.default_rng(seed)
+    if check_holdout(holdout) == "random":
+        return rng.permutation(num_examples)
+    return np.concatenate([rng.permutation(split), np.arange(split, num_examples)])
 
 
 def load_digits(validation_fraction: float = 0.2, seed: int = 0, holdout: str = "random"):
@@ -35,12 +54,6 @@ def load_digits(validation_fraction: float = 0.2, seed: int = 0, holdout: str = 
     images = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
     labels = digits.target.astype(np.int64)
     split = len(images) - int(round(len(images) * validation_fraction))
-    rng = np.random.default_rng(seed)
-    if holdout == "random":
-        order = rng.permutation(len(images))
-    elif holdout == "last":
-        order = np.concatenate([rng.permutation(split), np.arange(split, len(images))])
-    else:
-        raise ValueError(f"Expected holdout to be 'random' or 'last'. Received: holdout={holdout!r}")
+    order = holdout_order(len(images), split, seed, holdout)
     images, labels = images[order], labels[order]
     return (images[:split], labels[:split]), (images[split:], labels[split:])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfvae.config import DEFAULT_SHUFFLE_BUFFER
+from tfvae.config import DEFAULT_SHUFFLE_BUFFER, check_holdout
 from tfvae.data import preprocessing
 from tfvae.data.batching import (
     CACHE_MODES,
@@ -27,7 +27,7 @@ from tfvae.data.batching import (
     prepare_fn,
 )
 from tfvae.data.errors import translate_pipeline_errors
-from tfvae.data.sources import Source, check_holdout, digits_source, local_source, looks_like_path
+from tfvae.data.sources import Source, digits_source, local_source, looks_like_path
 from tfvae.data.tfds_source import UnknownDatasetError, tfds_source
 
 #: A source starting with it is a tensorflow-datasets name, even when a local path has that name.

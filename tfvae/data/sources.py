@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfvae.config import HOLDOUT_MODES
-from tfvae.data.builtin import load_digits
+from tfvae.data.builtin import holdout_order, load_digits
 from tfvae.data.errors import DataError, marked_message
 from tfvae.data.idx import is_idx_images_name, matching_labels_file, read_idx
 
@@ -37,30 +36,6 @@ SOURCE_KINDS = ("built-in", "local file", "local folder", "tensorflow-datasets")
 #: (a tfds split, the t10k file of an IDX folder, `x_test` of a .npz); "held-out": a slice of
 #: the training data (which one: `tfvae.config.HOLDOUT_MODES`).
 HELD_OUT_SPLITS = ("all", "test", "validation", "held-out")
-
-
-def check_holdout(holdout: str) -> str:
-    """Returns `holdout` if it is one of `HOLDOUT_MODES`.
-
-    Raises:
-        ValueError: any other value.
-    """
-    if holdout not in HOLDOUT_MODES:
-        raise ValueError(f"Expected holdout to be one of {list(HOLDOUT_MODES)}. Received: holdout={holdout!r}")
-    return holdout
-
-
-def holdout_order(num_examples: int, split: int, seed: int, holdout: str) -> np.ndarray:
-    """The order of a source's examples before its first `split` train and the rest validate.
-
-    "random": one seeded permutation of all examples. "last": the stored order's last
-    `num_examples - split` examples are held out (in stored order), and the training part alone
-    is permuted with the seed, so that a sorted file still reaches the shuffle buffer mixed.
-    """
-    rng = np.random.default_rng(seed)
-    if check_holdout(holdout) == "random":
-        return rng.permutation(num_examples)
-    return np.concatenate([rng.permutation(split), np.arange(split, num_examples)])
 
 
 @dataclasses.dataclass
