@@ -132,7 +132,7 @@ def test_ctrl_c_during_train_is_one_line_naming_the_resume_command(tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert err.splitlines() == [f"tfvae: training interrupted; continue it with: tfvae train --resume {run_dir}"]
     assert out == ""
     # What the resume command needs is there and whole.

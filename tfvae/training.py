@@ -36,7 +36,7 @@ from pathlib import Path
 
 import keras
 
-from tfvae import distribute, pictures
+from tfvae import distribute, interrupts, pictures
 from tfvae.callbacks import (
     AtomicBackupAndRestore,
     AtomicModelCheckpoint,
@@ -467,9 +467,12 @@ def train(config: TrainConfig, resume: bool = False, verbose="auto") -> dict:
         FileNotFoundError: `resume` of a directory that is not a run.
         OSError: a file cannot be written (e.g. no space left on device), naming it; the files
             of the last finished epoch stay intact and `resume` continues from them.
+        KeyboardInterrupt: Ctrl-C, even one that TensorFlow's finalizers swallowed (raised at
+            the next batch's end; `tfvae.interrupts`); `resume` continues from the last epoch.
     """
-    # An image found unreadable mid-fit becomes a DataError naming the file.
-    with translate_pipeline_errors(), distribute.DistributedJob(
+    # An image found unreadable mid-fit becomes a DataError naming the file; a Ctrl-C is never
+    # lost (see tfvae.interrupts).
+    with interrupts.guard(), translate_pipeline_errors(), distribute.DistributedJob(
         config.strategy, config.mixed_precision
     ) as job:
         return _train(config, resume, job, verbose)
@@ -520,6 +523,7 @@ def _train(config: TrainConfig, resume: bool, job: distribute.DistributedJob, ve
     best = AtomicModelCheckpoint(run_dir / BEST_CHECKPOINT, monitor="val_loss")
     best.best = min((float(r["val_loss"]) for r in previous_rows if r.get("val_loss")), default=None)
     callbacks = [
+        interrupts.RaisePendingInterrupt(),  # first: an epoch ended by Ctrl-C is not recorded
         StopOnNonFiniteLoss(),
         last_good,
         best,

@@ -29,7 +29,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from tfvae import pictures
+from tfvae import interrupts, pictures
 from tfvae.callbacks import StopOnNonFiniteLoss
 from tfvae.data.pipeline import source_short_name
 from tfvae.distributions import (
@@ -623,7 +623,14 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
         FileExistsError: the run directory holds files and is not a tuning run.
         FileNotFoundError: a missing data file.
         RuntimeError: no trial completed (all failed).
+        KeyboardInterrupt: Ctrl-C, even one that TensorFlow's finalizers swallowed
+            (`tfvae.interrupts`); the same call resumes the search.
     """
+    with interrupts.guard():
+        return _tune(config, verbose, callbacks)
+
+
+def _tune(config: TuningConfig, verbose: int, callbacks: Sequence[keras.callbacks.Callback]) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     data = load_data(config.train)  # first: a bad source must not leave a directory behind
     hypermodel = config.hypermodel(data.image_shape, data.num_classes)
@@ -638,7 +645,7 @@ def tune(config: TuningConfig, verbose: int = 1, callbacks: Sequence[keras.callb
         data.train,
         validation_data=data.validation,
         epochs=config.train.epochs,
-        callbacks=[StopOnNonFiniteLoss(), *callbacks],
+        callbacks=[interrupts.RaisePendingInterrupt(), StopOnNonFiniteLoss(), *callbacks],
         verbose=verbose,
         shuffle=False,  # the training dataset reshuffles itself every epoch
     )
