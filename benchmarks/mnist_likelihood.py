@@ -203,6 +203,10 @@ def same_settings(stored: dict, now: dict) -> bool:
     return trimmed == stored
 
 
+#: The figures of `Entry.score`, in their order.
+SCORING_STEPS = ("parameters", "test", "active_units", "subset")
+
+
 class Entry:
     """One entry's settings and its part of the results, with the step runner that resumes."""
 
@@ -238,12 +242,18 @@ class Entry:
 
     def train(self) -> None:
         trainer = train_baseline if self.name == BASELINE else train_preset
+        scored = all(key in self.figures for key in SCORING_STEPS)
+        if "train" in self.figures and not scored and not (self.run_dir / MODEL_FILE).is_file():
+            # The run directories are not committed: a fresh clone trains again what it scores.
+            print(f"{self.name}: trained before, but {self.run_dir / MODEL_FILE} is missing; "
+                  "training again (this machine's figures replace the stored ones)", flush=True)
+            del self.figures["train"]
         self.step("train", lambda: trainer(self.config, self.args.tiny))
 
     def score(self) -> None:
         """The evaluation steps that the results do not hold yet."""
         args = self.args
-        needed = [key for key in ("parameters", "test", "active_units", "subset") if key not in self.figures]
+        needed = [key for key in SCORING_STEPS if key not in self.figures]
         if not needed:
             print(f"{self.name}: every figure done already, skipped", flush=True)
             return
