@@ -21,6 +21,7 @@ _PUBLIC_NAMES = {
     "diagnostics": "tfvae.diagnostics",
     "distributions": "tfvae.distributions",
     "export_saved_model": "tfvae.export",
+    "interrupts": "tfvae.interrupts",
     "objectives": "tfvae.objectives",
     "schedules": "tfvae.schedules",
     # Submodules that `import tfvae` used to load, so `tfvae.export.read_metadata` still works.
@@ -40,6 +41,7 @@ __all__ = [
     "diagnostics",
     "distributions",
     "export_saved_model",
+    "interrupts",
     "objectives",
     "schedules",
 ]
