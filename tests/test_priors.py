@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from conftest import assert_one_step_equals_one_device, cli_environment, two_replica_result
+from conftest import (
+    assert_one_step_equals_one_device,
+    cli_environment,
+    negative_elbo_draws,
+    two_replica_result,
+)
 from scipy.special import logsumexp
 
 import tfvae
@@ -227,7 +232,7 @@ def test_iw_nll_is_an_unbiased_elbo_at_one_sample_and_falls_to_k100_and_k1000(pr
     # K = 1 is -ELBO at one posterior sample: the mean over 10 seeds of the K = 1 estimate
     # equals the mean of 20 one-sample -ELBOs within 4 standard errors of the difference.
     one = np.mean([vae.importance_weighted_nll(images, num_samples=1, seed=s) for s in range(10)], axis=0)
-    elbos = np.mean([-vae.compute_elbo_terms(images)["elbo"].numpy() for _ in range(20)], axis=0)
+    elbos = negative_elbo_draws(vae, images, 20).mean(axis=0)
     difference = one - elbos
     assert abs(difference.mean()) < 4 * difference.std() / math.sqrt(n), (prior, posterior)
     hundreds = np.stack([vae.importance_weighted_nll(images, num_samples=100, seed=100 + r) for r in range(10)])
