@@ -105,10 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="precision of the evaluation's decodes (tfvae evaluate --decode-precision); "
                         "each figure records it; with bfloat16 the subset is also scored in float32 at "
                         "K = --samples, to measure the shift (default: %(default)s, what the committed "
-                        "results used: about 3x the float32 decodes/s on this project's AMX CPU)")
+                        "results used: 1.5x the float32 decodes/s for mnist-vae and 1.7x for mnist-best on this "
+                        "project's AVX512-BF16 CPU, without AMX)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the entries (or finish their training) and stop before scoring them")
     parser.add_argument("--tiny", action="store_true", help="1 epoch, K = 20 / 50, a subset of 20: a smoke test")
+    parser.add_argument("--table", action="store_true",
+                        help="print the results file's figures as the README's markdown table, and stop")
     args = parser.parse_args(argv)
     args.presets = [name.strip() for name in args.presets.split(",") if name.strip()]
     unknown = [name for name in args.presets if name not in ENTRIES]
@@ -163,6 +166,16 @@ def train_baseline(config: TrainConfig, quiet: bool) -> dict:
     return training_figures(data.num_train, config.epochs, seconds, config.epochs)
 
 
+def cpu_name() -> str:
+    """This machine's CPU model (figures of speed belong to it), or "unknown"."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} ({len(names)} cores)" if names else "unknown"
+
+
 def training_figures(num_train: int, epochs: int, seconds: float, epochs_this_session: int) -> dict:
     """Training time and pace; a resumed run's time is extrapolated from its last session."""
     if not epochs_this_session:
@@ -174,6 +187,7 @@ def training_figures(num_train: int, epochs: int, seconds: float, epochs_this_se
         "seconds": round(num_train * epochs / images_per_second, 1),
         "seconds_extrapolated": epochs_this_session != epochs,
         "images_per_second": round(images_per_second, 1),
+        "cpu": cpu_name(),
     }
 
 
@@ -188,8 +202,66 @@ def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_
             "decode_precision")
     figures = {key: result[key] for key in keys if key in result}
     figures.update(seconds=round(seconds, 1),
-                   decodes_per_second=round(result["num_examples"] * num_samples / seconds, 1))
+                   decodes_per_second=round(result["num_examples"] * num_samples / seconds, 1), cpu=cpu_name())
     return figures
+
+
+#: The table's description of each entry.
+TABLE_LABELS = {
+    "mnist-vae": "`mnist-vae` (conv, 32 latents, mixture prior, 25 epochs)",
+    "mnist-best": "`mnist-best` (conv, 64 latents, VampPrior + IAF, KL warm-up, 60 epochs)",
+    BASELINE: f"keras.io networks in tfvae (latent {BASELINE_LATENT_DIM}, `mnist-vae`'s training)",
+}
+TABLE_COLUMNS = (
+    "model", "test IW-NLL, K = 1000, 10,000 images", "test ELBO",
+    "K = 5000 / K = 1000 on the first 1,000 images (gap)", "bfloat16 − float32, K = 1000, 1,000 images",
+    "active units", "training time, images/s", "parameters", "evaluation time, decodes/s",
+    "K = 5000 run, decodes/s", "CPU (training; scoring)",
+)
+MISSING = "not yet measured"
+
+
+def markdown_table(entries: dict) -> str:
+    """The README's table of the results' entries (a figure not in the results: "not yet measured")."""
+    def cell(figures: dict, *keys, form=str):
+        for key in keys:
+            if not isinstance(figures, dict) or figures.get(key) is None:
+                return MISSING
+            figures = figures[key]
+        return form(figures)
+
+    def minutes(seconds: float) -> str:
+        return f"{seconds:,.0f} s ({seconds / 60:.1f} min)"
+
+    rows = []
+    for name in ENTRIES:
+        if name not in entries:
+            continue
+        entry = entries[name]
+        subset = entry.get("subset") or {}
+        small, large = (f"k{entry['settings'][key]}" for key in ("samples", "subset_samples"))
+        shift = cell(subset, "precision_shift_nats", form=lambda v: f"{v:+.3f} nats")
+        if shift == MISSING and cell(subset, small, "decode_precision") == "float32":
+            shift = "none: float32 decodes"
+        rows.append([
+            TABLE_LABELS.get(name, f"`{name}`"),
+            cell(entry, "test", "iw_nll", form=lambda v: f"**{v:.2f}**"),
+            cell(entry, "test", "elbo", form=lambda v: f"{v:.2f}"),
+            (f"{subset[large]['iw_nll']:.2f} / {subset[small]['iw_nll']:.2f} ({subset['gap_nats']:.3f})"
+             if large in subset and small in subset else MISSING),
+            shift,
+            (f"{entry['active_units']['active_units']} of {entry['active_units']['latent_dim']}"
+             if "active_units" in entry else MISSING),
+            (f"{minutes(entry['train']['seconds'])}, {entry['train']['images_per_second']:,.0f}"
+             if (entry.get("train") or {}).get("seconds") else MISSING),
+            cell(entry, "parameters", form=lambda v: f"{v:,}"),
+            (f"{minutes(entry['test']['seconds'])}, {entry['test']['decodes_per_second']:,.0f}"
+             if "test" in entry else MISSING),
+            cell(subset, large, "decodes_per_second", form=lambda v: f"{v:,.0f}"),
+            "; ".join(dict.fromkeys(cell(entry, part, "cpu") for part in ("train", "test"))),
+        ])
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def same_settings(stored: dict, now: dict) -> bool:
@@ -288,6 +360,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    if args.table:
+        print(markdown_table(results.get("entries", {})))
+        return 0
     results["protocol"] = (
         "Train on the training file's first 50,000 images with dynamic binarization, validate on its "
         "last 10,000 (never to choose a model: the last model is scored); score every test image "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,21 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
     assert {name: (tmp_path / "results.models" / name / "model.keras").stat().st_mtime_ns
             for name in entries} == models
 
+    # The table has a row per entry, every figure filled in.
+    table = load_benchmark("mnist_likelihood").markdown_table(rerun)
+    assert len(table.splitlines()) == 2 + len(rerun) and "not yet measured" not in table
+    assert all(entry["train"]["cpu"] and entry["test"]["cpu"] for entry in rerun.values())
+
+    # A run directory that is gone (a fresh clone of the repository) is trained again.
+    shutil.rmtree(tmp_path / "results.models" / "keras-io")
+    del rerun["keras-io"]["subset"]
+    out.write_text(json.dumps({**results, "entries": rerun}))
+    retrained = run_benchmark(*data, "--presets", "keras-io", "--decode-precision", "float32")
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert "keras-io: trained before, but" in retrained.stdout
+    assert (tmp_path / "results.models" / "keras-io" / "model.keras").is_file()
+    assert "subset" in json.loads(out.read_text())["entries"]["keras-io"]
+
     # Other settings are refused, not mixed into the same file.
     spec = importlib.util.spec_from_file_location("mnist_likelihood", SCRIPT)
     sys.path.insert(0, str(SCRIPT.parent))
@@ -100,6 +116,13 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
             module.main([*map(str, data), "--presets", "mnist-vae"])  # not --tiny
     finally:
         sys.path.remove(str(SCRIPT.parent))
+
+
+def test_the_readme_table_is_the_committed_results(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    module = load_benchmark("mnist_likelihood")
+    results = json.loads(module.DEFAULT_OUT.read_text())
+    assert module.markdown_table(results["entries"]) in (REPO_ROOT / "README.md").read_text()
 
 
 def test_results_continue_across_tfvae_versions_that_add_settings_at_their_defaults(monkeypatch):
