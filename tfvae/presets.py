@@ -62,10 +62,11 @@ PRESETS: dict[str, Preset] = {
                 "epochs": 25,
             },
             notes="On MNIST's first 50,000 training images (the last 10,000 validate) 25 epochs "
-            "trained in 511 s on this project's 2-core CPU (2,446 images/s), well inside the "
-            "30-minute budget. float32: mixed_bfloat16 trained the default network 1.45x faster on "
-            "this CPU but ended 0.4 nats worse. Test IW-NLL and the rest: benchmarks/results/"
-            "mnist_likelihood.json and the README's MNIST likelihood benchmark.",
+            "trained in 564 s (2,218 images/s) on a 2-core AMD EPYC, well inside the 30-minute "
+            "budget; its last model scores 87.26 nats (test IW-NLL, K = 1000, all 10,000 test "
+            "images; bfloat16 decodes, 800 s). float32: mixed_bfloat16 trained it 1.51x faster but "
+            "ended 0.80 nats worse after 2 epochs (benchmarks/results/precision.json). The rest: "
+            "benchmarks/results/mnist_likelihood.json and the README's MNIST likelihood benchmark.",
         ),
         Preset(
             name="mnist-best",
@@ -88,7 +89,8 @@ PRESETS: dict[str, Preset] = {
             "3,682 s (61 min, 815 images/s) on a 2-core AMD EPYC (2,899 s on the 2-core Intel Xeon "
             "with AMX before it): inside the 90-minute budget (the VampPrior encodes its 500 "
             "pseudo-inputs every step). Its last model scores 82.91 nats (test IW-NLL, K = 1000, "
-            "all 10,000 test images; bfloat16 decodes, 840 s). float32, as mnist-vae. The rest: "
+            "all 10,000 test images; bfloat16 decodes, 840 s). float32: mixed_bfloat16 trained it "
+            "1.27x faster but ended 0.82 nats worse after 2 epochs. The rest: "
             "benchmarks/results/mnist_likelihood.json and the README's MNIST likelihood benchmark.",
         ),
         # A two-stochastic-layer preset (e.g. "mnist-two-layer", VampPrior on z2) is not here yet:
