@@ -64,6 +64,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from baselines import build_tfvae_keras_io  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from tfvae.evaluation import diagnostic_fields, first_examples, held_out_of_run, score  # noqa: E402
 from tfvae.files import atomic_path, write_json_atomic  # noqa: E402
@@ -164,16 +165,6 @@ def train_baseline(config: TrainConfig, quiet: bool) -> dict:
     with atomic_path(run_dir / MODEL_FILE) as temporary:
         vae.save(temporary)
     return training_figures(data.num_train, config.epochs, seconds, config.epochs)
-
-
-def cpu_name() -> str:
-    """This machine's CPU model (figures of speed belong to it), or "unknown"."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0]} ({len(names)} cores)" if names else "unknown"
 
 
 def training_figures(num_train: int, epochs: int, seconds: float, epochs_this_session: int) -> dict:
@@ -300,8 +291,9 @@ class Entry:
             self.figures.setdefault("description", get_preset(name).description)
         else:
             self.figures.setdefault("description", f"the keras.io example's networks (benchmarks/baselines.py), "
-                                    f"latent {BASELINE_LATENT_DIM}, trained with mnist-vae's data, batch, "
-                                    "learning rate and epochs")
+                                    f"latent {BASELINE_LATENT_DIM}, standard normal prior, trained with mnist-vae's "
+                                    "data, batch, learning rate and epochs (settings.config is that data and "
+                                    "training; its model settings do not apply)")
 
     def step(self, key: str, compute) -> None:
         """Computes and saves `figures[key]` unless a previous run did."""

@@ -26,6 +26,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from machine import cpu_name  # noqa: E402
+
 from tfvae.evaluation import held_out_of_run, score  # noqa: E402
 from tfvae.files import write_json_atomic  # noqa: E402
 from tfvae.presets import PRESET_NAMES, preset_config  # noqa: E402
@@ -76,7 +78,7 @@ def train_and_score(name: str, policy: str | None, args, folder: Path) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny,
-               "presets": {}}
+               "cpu": cpu_name(), "presets": {}}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.presets:
             runs = {label: train_and_score(name, policy, args, Path(folder)) for label, policy in PRECISIONS.items()}

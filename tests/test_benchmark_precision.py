@@ -2,6 +2,7 @@
 the digits written as IDX files (smoke tests: tiny figures mean nothing, their relations do)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,9 @@ def test_training_precision_benchmark_compares_both_precisions_per_preset(idx_fo
     completed = run_benchmark("precision", "--presets", "mnist-vae", "--train-data", train, "--test-data", test,
                               "--out", out)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    runs = json.loads(out.read_text())["presets"]["mnist-vae"]
+    results = json.loads(out.read_text())
+    assert re.fullmatch(r".+ \(\d+ cores\)", results["cpu"]), results["cpu"]  # the figures' machine
+    runs = results["presets"]["mnist-vae"]
     full, half = runs["float32"], runs["mixed_bfloat16"]
     for run in (full, half):
         assert run["images_per_second"] > 0 and np.isfinite(run["test_iw_nll"]) and run["validation_elbo"] < 0
@@ -53,10 +56,12 @@ def test_evaluation_throughput_benchmark_reports_every_configuration(idx_folders
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["model"].startswith("an untrained mnist-vae") and results["samples"] == 20
+    assert re.fullmatch(r".+ \(\d+ cores\)", results["cpu"]), results["cpu"]
     figures = results["configurations"]
     assert sorted(figures) == ["bfloat16", "bfloat16-chunk50k", "float32", "float32-chunk50k"]
     assert figures["float32"]["difference_from_float32"] == 0.0
-    # The chunk size changes nothing but the speed; bfloat16 moves the estimate, a little.
+    # The chunk size changes nothing but the speed (400 decodes: one chunk at either size, so the
+    # same importance samples); bfloat16 moves the estimate, a little.
     assert figures["float32-chunk50k"]["iw_nll"] == pytest.approx(figures["float32"]["iw_nll"], abs=1e-3)
     assert 0 < abs(figures["bfloat16"]["difference_from_float32"]) < 0.1
     assert all(f["decodes_per_second_best"] >= f["decodes_per_second_median"] > 0 for f in figures.values())
