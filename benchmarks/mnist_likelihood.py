@@ -201,6 +201,8 @@ def evaluation(vae, held_out, num_samples: int, max_examples: int | None, batch_
 TABLE_LABELS = {
     "mnist-vae": "`mnist-vae` (conv, 32 latents, mixture prior, 25 epochs)",
     "mnist-best": "`mnist-best` (conv, 64 latents, VampPrior + IAF, KL warm-up, 60 epochs)",
+    "mnist-two-layer": "`mnist-two-layer` (conv, two stochastic layers of 40 latents, VampPrior + IAF on z2, "
+    "KL warm-up, 80 epochs)",
     BASELINE: f"keras.io networks in tfvae (latent {BASELINE_LATENT_DIM}, `mnist-vae`'s training)",
 }
 TABLE_COLUMNS = (
@@ -231,7 +233,7 @@ def markdown_table(entries: dict) -> str:
         entry = entries[name]
         subset = entry.get("subset") or {}
         small, large = (f"k{entry['settings'][key]}" for key in ("samples", "subset_samples"))
-        shift = cell(subset, "precision_shift_nats", form=lambda v: f"{v:+.3f} nats")
+        shift = cell(subset, "precision_shift_nats", form=lambda v: f"{round(v, 3) + 0.0:+.3f} nats")  # + 0.0: no "-0.000"
         if shift == MISSING and cell(subset, small, "decode_precision") == "float32":
             shift = "none: float32 decodes"
         rows.append([

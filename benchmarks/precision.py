@@ -8,7 +8,9 @@ mixed_bfloat16` runs). It reports each run's training images/s, the validation E
 last epoch, and the test IW-NLL (K = `--samples`) on the first `--test-size` test images
 (binarized once with seed 1234), then the speed ratio and the NLL difference: what a preset's
 precision choice is made from. A short run shows the early gap; the presets' full runs are in
-benchmarks/results/mnist_likelihood.json.
+benchmarks/results/mnist_likelihood.json. The results file keeps the figures of presets not run
+now (when it was written with the same epochs, K and test size), so `--presets NAME` adds or
+replaces one preset's figures; each preset's figures name the CPU they were measured on.
 
 Usage:
     python benchmarks/precision.py [--presets mnist-vae,mnist-best] [--epochs 2]
@@ -19,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -75,16 +78,39 @@ def train_and_score(name: str, policy: str | None, args, folder: Path) -> dict:
     }
 
 
+def earlier_presets(args) -> dict:
+    """The presets an earlier run of the same protocol wrote to `args.out`, minus those run now.
+
+    A run of some presets (`--presets`) keeps the other presets' figures in the results file, so
+    the file can be filled one preset per session. A file of another protocol (epochs, K, test
+    size, tiny) is refused rather than mixed.
+
+    Raises:
+        SystemExit: `args.out` holds figures of another protocol.
+    """
+    out = Path(args.out)
+    if not out.exists():
+        return {}
+    earlier = json.loads(out.read_text())
+    protocol = {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny}
+    theirs = {key: earlier.get(key) for key in protocol}
+    if theirs != protocol:
+        raise SystemExit(f"precision.py: {out} holds figures of another protocol: expected {protocol}, "
+                         f"received {theirs}; give another --out")
+    return {name: runs for name, runs in earlier.get("presets", {}).items() if name not in args.presets}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny,
-               "cpu": cpu_name(), "presets": {}}
+               "cpu": cpu_name(), "presets": earlier_presets(args)}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.presets:
             runs = {label: train_and_score(name, policy, args, Path(folder)) for label, policy in PRECISIONS.items()}
             full, half = runs["float32"], runs["mixed_bfloat16"]
             runs["speedup"] = round(half["images_per_second"] / full["images_per_second"], 3)
             runs["nll_difference"] = half["test_iw_nll"] - full["test_iw_nll"]
+            runs["cpu"] = results["cpu"]
             results["presets"][name] = runs
             print(f"{name}: float32 {full['images_per_second']:.0f} images/s, IW-NLL {full['test_iw_nll']:.2f}; "
                   f"mixed_bfloat16 {half['images_per_second']:.0f} images/s, IW-NLL {half['test_iw_nll']:.2f}: "

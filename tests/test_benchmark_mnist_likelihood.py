@@ -66,6 +66,7 @@ def test_tiny_benchmark_scores_every_entry_and_resumes(digits, tmp_path):
         assert (tmp_path / "results.models" / name / "model.keras").is_file()
     assert json.loads((tmp_path / "results.models" / "mnist-vae" / "config.json").read_text())["preset"] == "mnist-vae"
     assert entries["mnist-best"]["active_units"]["latent_dim"] == 64
+    assert entries["mnist-two-layer"]["active_units"]["latent_dim"] == 80  # D1 + D2 = 40 + 40
     assert entries["keras-io"]["active_units"]["latent_dim"] == 16
 
     # A rerun redoes only the missing steps: no model is trained again, kept figures stay.

@@ -28,16 +28,38 @@ def run_benchmark(name: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=cli_environment(), capture_output=True, text=True, timeout=600)
 
 
+#: The protocol fields of a --tiny run's results file.
+TINY_PROTOCOL = {"epochs": 1, "samples": 10, "test_size": 20, "tiny": True}
+
+
+def test_training_precision_benchmark_refuses_a_results_file_of_another_protocol(idx_folders, tmp_path):
+    train, test = idx_folders
+    out = tmp_path / "precision.json"
+    written = json.dumps({**TINY_PROTOCOL, "epochs": 2, "presets": {"mnist-vae": {"speedup": 1.5}}})
+    out.write_text(written)
+    completed = run_benchmark("precision", "--presets", "mnist-vae", "--train-data", train, "--test-data", test,
+                              "--out", out)
+    assert completed.returncode != 0
+    assert "holds figures of another protocol: expected {'epochs': 1" in completed.stderr
+    assert "received {'epochs': 2" in completed.stderr
+    assert out.read_text() == written  # nothing the user has is lost
+
+
 @pytest.mark.slow
 def test_training_precision_benchmark_compares_both_precisions_per_preset(idx_folders, tmp_path):
     train, test = idx_folders
     out = tmp_path / "precision.json"
+    # An earlier run of the same protocol measured another preset: its figures stay in the file.
+    earlier = {"speedup": 1.25, "nll_difference": 0.5, "cpu": "another CPU (2 cores)"}
+    out.write_text(json.dumps({**TINY_PROTOCOL, "presets": {"mnist-best": earlier, "mnist-vae": {"speedup": 9.0}}}))
     completed = run_benchmark("precision", "--presets", "mnist-vae", "--train-data", train, "--test-data", test,
                               "--out", out)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
     assert re.fullmatch(r".+ \(\d+ cores\)", results["cpu"]), results["cpu"]  # the figures' machine
+    assert results["presets"]["mnist-best"] == earlier
     runs = results["presets"]["mnist-vae"]
+    assert runs["cpu"] == results["cpu"] and runs["speedup"] != 9.0  # replaced by this run's
     full, half = runs["float32"], runs["mixed_bfloat16"]
     for run in (full, half):
         assert run["images_per_second"] > 0 and np.isfinite(run["test_iw_nll"]) and run["validation_elbo"] < 0

@@ -59,12 +59,15 @@ def test_presets_are_documented_checked_configurations():
     best = preset_config("mnist-best")
     assert (best.prior, best.posterior, best.kl_schedule) == ("vamp", "iaf", "linear")
     assert best.latent_dim > preset_config("mnist-vae").latent_dim
-    for name in ("mnist-vae", "mnist-best"):  # their figures are the benchmark's to give
+    two_layer = preset_config("mnist-two-layer")  # the VampPrior and the flow sit on z2
+    assert (two_layer.stochastic_layers, two_layer.prior, two_layer.posterior) == (2, "vamp", "iaf")
+    assert two_layer.holdout == "last" and round(60_000 * two_layer.validation_fraction) == 10_000
+    for name in PRESET_NAMES:  # their figures are the benchmark's to give
         assert "benchmarks/results/mnist_likelihood.json" in get_preset(name).notes
 
 
 #: Presets whose one-step run takes more than ~20 s here (tracing the VampPrior + IAF step).
-SLOW_PRESETS = {"mnist-best"}
+SLOW_PRESETS = {"mnist-best", "mnist-two-layer"}
 
 
 @pytest.mark.parametrize("name", [
@@ -79,7 +82,10 @@ def test_every_preset_trains_saves_loads_and_exports(name, small_slice, tmp_path
     assert recorded.preset == name
     assert dataclasses.replace(recorded, run_dir=config.run_dir) == config
     vae = load_run_model(tmp_path / "run")
-    assert vae.latent_dim == config.latent_dim
+    if config.stochastic_layers == 2:  # z = [z1, z2]: D1 = latent_dim, D2 = top_latent_dim
+        assert vae.latent_dims == (config.latent_dim, config.top_latent_dim or config.latent_dim)
+    else:
+        assert vae.latent_dim == config.latent_dim
     assert type(vae.prior).__name__ == type(tfvae.distributions.get_prior(config.prior)).__name__
     assert type(vae.posterior).__name__ == type(tfvae.distributions.get_posterior(config.posterior)).__name__
     images = tf.convert_to_tensor(np.load(small_slice)["x_train"][:4, ..., None] / 255.0, tf.float32)
