@@ -78,6 +78,11 @@ def train_and_score(name: str, policy: str | None, args, folder: Path) -> dict:
     }
 
 
+def protocol(args) -> dict:
+    """What makes two runs' figures comparable: epochs, K, test size and whether tiny."""
+    return {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny}
+
+
 def earlier_presets(args) -> dict:
     """The presets an earlier run of the same protocol wrote to `args.out`, minus those run now.
 
@@ -92,18 +97,17 @@ def earlier_presets(args) -> dict:
     if not out.exists():
         return {}
     earlier = json.loads(out.read_text())
-    protocol = {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny}
-    theirs = {key: earlier.get(key) for key in protocol}
-    if theirs != protocol:
-        raise SystemExit(f"precision.py: {out} holds figures of another protocol: expected {protocol}, "
+    ours = protocol(args)
+    theirs = {key: earlier.get(key) for key in ours}
+    if theirs != ours:
+        raise SystemExit(f"precision.py: {out} holds figures of another protocol: expected {ours}, "
                          f"received {theirs}; give another --out")
     return {name: runs for name, runs in earlier.get("presets", {}).items() if name not in args.presets}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = {"epochs": args.epochs, "samples": args.samples, "test_size": args.test_size, "tiny": args.tiny,
-               "cpu": cpu_name(), "presets": earlier_presets(args)}
+    results = {**protocol(args), "cpu": cpu_name(), "presets": earlier_presets(args)}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.presets:
             runs = {label: train_and_score(name, policy, args, Path(folder)) for label, policy in PRECISIONS.items()}

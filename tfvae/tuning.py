@@ -43,6 +43,7 @@ from tfvae.distributions import (
 from tfvae.export import export_saved_model
 from tfvae.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tfvae.models import build_conv_two_layer_vae, build_conv_vae
+from tfvae.models.two_layer import DEFAULT_HIDDEN_UNITS
 from tfvae.objectives import ELBO, GRADIENT_ESTIMATORS, IWAE
 from tfvae.training import TrainConfig, load_data
 
@@ -119,7 +120,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
         filters: sequences of ints. Candidate encoder channels (the decoder mirrors them); H and W
             must be divisible by `2 ** len(filters)` for each.
         hidden_units: int or None. An extra dense layer in encoder and decoder. The two-layer
-            model's hidden layers (`build_conv_two_layer_vae`) have this width, 300 when None.
+            model's hidden layers (`build_conv_two_layer_vae`) have this width,
+            `DEFAULT_HIDDEN_UNITS` (300) when None.
         stochastic_layers: ints in {1, 2}. Candidate numbers of stochastic layers: 1 builds a
             `tfvae.VAE`, 2 a `tfvae.TwoLayerVAE` with `latent_dim` units in each layer (the prior
             on the top one); 2 is refused with free bits > 0 or DReG.
@@ -322,9 +324,8 @@ class VAEHyperModel(keras_tuner.HyperModel):
                     "Expected stochastic_layers=(1,) for a conditional search (num_classes): the "
                     f"two-layer model is not conditional. Received: stochastic_layers={self.stochastic_layers}"
                 )
-            vae = build_conv_two_layer_vae(
-                self.image_shape, (latent_dim, latent_dim), hidden_units=self.hidden_units or 300, **parts
-            )
+            hidden_units = self.hidden_units or DEFAULT_HIDDEN_UNITS
+            vae = build_conv_two_layer_vae(self.image_shape, (latent_dim, latent_dim), hidden_units=hidden_units, **parts)
         else:
             vae = build_conv_vae(
                 self.image_shape, latent_dim, hidden_units=self.hidden_units, num_classes=self.num_classes,
